@@ -1,0 +1,1 @@
+"""Data layer: MedMNIST catalogue, download, TFDS builder, tf.data pipeline, phantom generator."""

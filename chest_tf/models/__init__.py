@@ -1,0 +1,1 @@
+"""Model zoo: ResNet, DenseNet and ViT families behind one registry (see registry.py)."""

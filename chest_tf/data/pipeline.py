@@ -1,0 +1,186 @@
+"""The tf.data pipeline: TFRecord shards -> decoded images -> (cache) -> shuffle -> batch -> prefetch.
+
+``load_dataset(dataset, size, ...)`` finds or fetches the npz (or generates the phantom set),
+prepares the records once, and returns a ``DatasetHandle``; ``handle.batches(split, ...)`` gives
+``(images, labels)`` batches:
+
+- images: float32 ``(B, H, W, C)``, normalised as ``normalization.normalize`` says ([-1, 1]);
+- labels: float32 ``(B, L)``: one column per finding (multi-label), one column (binary), or
+  one-hot over the classes (multi-class), matching the model's logits and a from_logits loss.
+
+Images stay uint8 until after batching: the in-memory cache (used at 28 and 64 px, where a whole
+split is small) holds bytes, not floats, and normalisation runs once per batch. Training batches
+are shuffled with a seed; val and test batches are never shuffled and always in file order, so
+predictions line up with ``handle.labels(split)``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from chest_tf.data import builder as builder_lib
+from chest_tf.data import download, npz
+from chest_tf.data.info import MULTI_CLASS, MULTI_LABEL, ORDINAL, SPLITS, DatasetInfo, get_info
+from chest_tf.data.normalization import normalize
+from chest_tf.errors import ConfigError, DataError
+
+CACHE_MAX_SIZE = 64  # cache decoded splits in memory up to this image size (px)
+SHUFFLE_BUFFER_BYTES = 256 << 20  # uncached sizes: shuffle buffer of about this many image bytes
+
+
+def records_dir_for(data_dir: Path, records_dir: str | os.PathLike | None) -> Path:
+    return Path(records_dir).expanduser() if records_dir else data_dir / "tfrecords"
+
+
+def locate_npz(
+    info: DatasetInfo, size: int, data_dir: Path, *, npz_path: str | os.PathLike | None = None, allow_download: bool = True
+) -> Path:
+    """The npz to read: an explicit ``npz_path``; the phantom set (generated on first use); or
+    the file in ``data_dir`` (downloaded and verified when missing)."""
+    info.check_size(size)
+    if npz_path is not None:
+        path = Path(npz_path).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path} does not exist")
+        return path
+    target = download.npz_path(info, size, data_dir)
+    if info.generated:
+        if not target.exists():
+            from chest_tf.data import phantom  # noqa: PLC0415 (numpy-heavy, only when needed)
+
+            print(f"generating the phantom set at {size} px into {target}")
+            phantom.write_phantom(target, size=size)
+        return target
+    if not target.exists() and not allow_download:
+        raise DataError(f"{target} is missing; run `python -m chest_tf.data download {info.name} --size {size}`")
+    return download.fetch(info, size, data_dir)
+
+
+def _label_transform(info: DatasetInfo):
+    """uint8 label rows -> float32 targets for the model's logits."""
+    if info.task in (MULTI_CLASS, ORDINAL):
+        depth = info.num_labels
+        return lambda labels: tf.one_hot(tf.cast(labels[:, 0], tf.int32), depth, dtype=tf.float32)
+    return lambda labels: tf.cast(labels, tf.float32)
+
+
+@dataclass
+class DatasetHandle:
+    """A prepared (set, size): where it came from, and batches of each split."""
+
+    info: DatasetInfo
+    size: int
+    npz_path: Path
+    builder: builder_lib.ChestTfMedmnist
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return npz.expected_image_shape(self.info, self.size)
+
+    def num_examples(self, split: str) -> int:
+        return self.builder.info.splits[split].num_examples
+
+    @cached_property
+    def _labels(self) -> dict[str, np.ndarray]:
+        return {split: npz.read_array(self.npz_path, f"{split}_labels") for split in SPLITS}
+
+    def labels(self, split: str) -> np.ndarray:
+        """The split's labels as stored in the npz, (N, label_width) uint8, in file order: the
+        y_true for the metrics module."""
+        return self._labels[split]
+
+    def positive_counts(self, split: str = "train") -> tuple[np.ndarray, int]:
+        """Positives per output column and the number of examples (for loss weighting).
+
+        Multi-label: per finding; binary: the positive class; multi-class: per class."""
+        labels = self.labels(split)
+        if self.info.task in (MULTI_CLASS, ORDINAL):
+            counts = np.bincount(labels[:, 0], minlength=self.info.num_labels)
+        else:
+            counts = labels.astype(np.int64).sum(axis=0)
+        return counts, len(labels)
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        training: bool = False,
+        seed: int | None = None,
+        deterministic: bool = True,
+        cache: bool | None = None,
+        drop_remainder: bool = False,
+        repeat: bool = False,
+    ) -> tf.data.Dataset:
+        """``(images, labels)`` batches of ``split`` (see the module docstring).
+
+        ``training`` shuffles (seeded by ``seed``) and reshuffles every epoch; otherwise the order
+        is the file's. ``deterministic=False`` lets parallel stages reorder for speed (training
+        only; evaluation order is always kept). ``cache`` defaults to True at <= 64 px.
+        """
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+        n = self.num_examples(split)
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be positive, got {batch_size}")
+        if drop_remainder and batch_size > n:
+            raise ConfigError(
+                f"batch size {batch_size} is larger than the {split} split ({n} images); use --batch-size {n} or less"
+            )
+        cache = self.size <= CACHE_MAX_SIZE if cache is None else cache
+        ordered = deterministic or not training
+        read_config = tfds_read_config(seed, ordered)
+        ds = self.builder.as_dataset(split=split, shuffle_files=training and not cache, read_config=read_config)
+        ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+        if cache:
+            ds = ds.cache()
+        if repeat:
+            ds = ds.repeat()
+        if training:
+            ds = ds.shuffle(self._shuffle_buffer(n, cache), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
+        to_targets = _label_transform(self.info)
+        ds = ds.map(
+            lambda images, labels: (normalize(images, ops=tf), to_targets(labels)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=ordered,
+        )
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def _shuffle_buffer(self, n: int, cached: bool) -> int:
+        if cached:
+            return n  # a full shuffle costs only pointers into the cache
+        image_bytes = int(np.prod(self.image_shape))
+        return int(min(n, max(1024, SHUFFLE_BUFFER_BYTES // image_bytes)))
+
+
+def tfds_read_config(seed: int | None, ordered: bool):
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    options = tf.data.Options()
+    options.deterministic = ordered
+    return tfds.ReadConfig(shuffle_seed=seed, options=options, add_tfds_id=False)
+
+
+def load_dataset(
+    dataset: str,
+    size: int,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    records_dir: str | os.PathLike | None = None,
+    npz_path: str | os.PathLike | None = None,
+    allow_download: bool = True,
+    verbose: bool = True,
+) -> DatasetHandle:
+    """Find or fetch the npz, prepare its records once, and return a handle for batches."""
+    info = get_info(dataset)
+    info.check_size(size)
+    root = download.resolve_data_dir(data_dir)
+    path = locate_npz(info, size, root, npz_path=npz_path, allow_download=allow_download)
+    built = builder_lib.prepare(info.name, size, path, records_dir_for(root, records_dir), verbose=verbose)
+    return DatasetHandle(info=info, size=size, npz_path=path, builder=built)

@@ -1,0 +1,527 @@
+"""On-device augmentation for chest radiographs, written with keras.ops only.
+
+Augmentation runs on the accelerator inside the compiled training step, so it must be
+XLA-compilable. Keras' own RandomRotation / RandomZoom / RandomTranslation set
+``supports_jit = False``, and a single such layer makes Keras silently compile the whole step
+without XLA; ``keras.ops.image.affine_transform`` has no XLA kernel either. Here geometry is an
+affine sampling grid per image, sampled bilinearly with gathers (``keras.ops.take``), and the
+photometric changes are elementwise ops. Nothing imports TensorFlow, so the same layer runs on
+the JAX and PyTorch backends.
+
+Value range: images are float ``(x / 255 - 0.5) / 0.5`` in [-1, 1] (chest_tf.data.normalization).
+Photometric changes work on the [0, 1] view and map back; the output is clipped to [-1, 1].
+
+Contract with training and export (see ``attach_augmentation``): the classifier itself never
+contains augmentation. Training wraps it as ``input -> ChestAugment -> classifier`` and fits the
+wrapper; the wrapper shares the classifier's weights, so after ``fit`` the original classifier is
+trained and is the model that gets saved and exported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from chest_tf.data.normalization import PIXEL_MAX, PIXEL_MEAN, PIXEL_MIN, PIXEL_STD
+
+FILL_MODES = ("nearest", "constant")
+ERASE_FILLS = ("noise", "mean")
+# Random-erasing rectangles get an aspect ratio drawn log-uniformly in [1/3.3, 3.3] (the usual
+# range for cutout-style erasing); the area is what the config controls.
+_ERASE_LOG_ASPECT = math.log(3.3)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and presets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Strengths of each augmentation; every zero / neutral value switches that part off.
+
+    Each image draws its own strength uniformly up to these limits.
+
+    Geometry (one affine resampling per image):
+      rotation_deg: max |angle| in degrees; positive = counter-clockwise as displayed.
+      translate_frac: max shift as a fraction of the image height / width.
+      scale_range: (min, max) isotropic zoom; > 1 magnifies.
+      shear_deg: max |horizontal shear angle| in degrees.
+      flip_horizontal: mirror left-right with probability 0.5. Off by default: a chest X-ray is
+        not left-right symmetric (the heart sits on the patient's left, dextrocardia is a finding).
+      fill_mode: what is sampled outside the image. "nearest" (default) repeats the edge pixel;
+        "constant" fills with black (-1.0). Nearest is the default because MedMNIST chest images
+        are tight crops whose edges are not black (PneumoniaMNIST's border pixels average
+        135/255, next to the image mean of 147/255): a black fill would paint a high-contrast
+        frame that no test image has, while at these small angles and shifts the repeated edge is
+        a strip of a pixel or two that continues the local intensity.
+
+    Photometric (on the [0, 1] view of the image):
+      brightness: max |additive shift|.
+      contrast: max |relative change| of the contrast around the image mean (0.2 -> x0.8..x1.2).
+      gamma: gamma drawn log-uniformly in [1 / (1 + gamma), 1 + gamma].
+      noise_std: each image adds gaussian noise with a std drawn in [0, noise_std].
+      erase_prob: probability that an image gets one random rectangle erased (cutout).
+      erase_area: (min, max) fraction of the image area the rectangle covers.
+      erase_fill: "noise" (gaussian with the image's own mean and std) or "mean" (flat mean).
+    """
+
+    rotation_deg: float = 0.0
+    translate_frac: float = 0.0
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    shear_deg: float = 0.0
+    flip_horizontal: bool = False
+    fill_mode: str = "nearest"
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    noise_std: float = 0.0
+    erase_prob: float = 0.0
+    erase_area: tuple[float, float] = (0.02, 0.1)
+    erase_fill: str = "noise"
+
+    def __post_init__(self):
+        # JSON / TOML give lists; keep tuples so configs compare and hash as values.
+        object.__setattr__(self, "scale_range", _pair("scale_range", self.scale_range))
+        object.__setattr__(self, "erase_area", _pair("erase_area", self.erase_area))
+        for name in ("rotation_deg", "translate_frac", "shear_deg", "brightness", "contrast",
+                     "gamma", "noise_std"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.rotation_deg <= 180.0:
+            raise ValueError(f"rotation_deg must be in [0, 180], got {self.rotation_deg}")
+        if not 0.0 <= self.shear_deg < 60.0:
+            raise ValueError(f"shear_deg must be in [0, 60), got {self.shear_deg}")
+        if self.translate_frac >= 1.0:
+            raise ValueError(f"translate_frac must be < 1, got {self.translate_frac}")
+        low, high = self.scale_range
+        if not 0.0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {self.scale_range}")
+        if not 0.0 <= self.erase_prob <= 1.0:
+            raise ValueError(f"erase_prob must be in [0, 1], got {self.erase_prob}")
+        low, high = self.erase_area
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"erase_area must satisfy 0 < min <= max <= 1, got {self.erase_area}")
+        if self.contrast >= 1.0:
+            raise ValueError(f"contrast must be < 1 (a factor of 1 - contrast must stay > 0), "
+                             f"got {self.contrast}")
+        if self.fill_mode not in FILL_MODES:
+            raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {self.fill_mode!r}")
+        if self.erase_fill not in ERASE_FILLS:
+            raise ValueError(f"erase_fill must be one of {ERASE_FILLS}, got {self.erase_fill!r}")
+
+    @property
+    def has_geometry(self) -> bool:
+        return bool(self.rotation_deg or self.translate_frac or self.shear_deg
+                    or self.flip_horizontal or self.scale_range != (1.0, 1.0))
+
+    @property
+    def has_photometric(self) -> bool:
+        return bool(self.brightness or self.contrast or self.gamma or self.noise_std
+                    or self.erase_prob)
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.has_geometry or self.has_photometric)
+
+    def replace(self, **changes) -> AugmentConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _pair(name, value) -> tuple[float, float]:
+    values = tuple(float(v) for v in value)
+    if len(values) != 2:
+        raise ValueError(f"{name} must be a (min, max) pair, got {value!r}")
+    return values
+
+
+_LIGHT = AugmentConfig(rotation_deg=5.0, translate_frac=0.04, scale_range=(0.95, 1.05),
+                       brightness=0.05, contrast=0.05)
+_MEDIUM = _LIGHT.replace(rotation_deg=10.0, translate_frac=0.06, scale_range=(0.9, 1.1),
+                         brightness=0.1, contrast=0.1, gamma=0.15, noise_std=0.02,
+                         erase_prob=0.25, erase_area=(0.02, 0.1))
+_STRONG = _MEDIUM.replace(rotation_deg=15.0, translate_frac=0.1, scale_range=(0.85, 1.15),
+                          shear_deg=5.0, brightness=0.15, contrast=0.2, gamma=0.3,
+                          noise_std=0.04, erase_prob=0.5, erase_area=(0.02, 0.2))
+
+PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    "light": _LIGHT,
+    "medium": _MEDIUM,
+    "strong": _STRONG,
+}
+
+
+def resolve_augment_config(preset_or_config) -> AugmentConfig:
+    """A preset name, an AugmentConfig, a dict of its fields (from TOML / JSON) or None."""
+    if preset_or_config is None:
+        return PRESETS["none"]
+    if isinstance(preset_or_config, AugmentConfig):
+        return preset_or_config
+    if isinstance(preset_or_config, str):
+        if preset_or_config not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {preset_or_config!r}; "
+                             f"known presets: {', '.join(sorted(PRESETS))}")
+        return PRESETS[preset_or_config]
+    if isinstance(preset_or_config, dict):
+        return AugmentConfig(**preset_or_config)
+    raise TypeError("expected a preset name, an AugmentConfig or a dict, "
+                    f"got {type(preset_or_config).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry: per-image affine sampling matrices and a bilinear gather sampler
+# --------------------------------------------------------------------------------------------
+
+
+def affine_matrices(angle, scale, shear, shift_y, shift_x, flip, height, width):
+    """Sampling matrices ``(B, 2, 3)`` for per-image parameters, each of shape ``(B,)``.
+
+    The forward transform, about the image centre, is flip -> shear -> rotate -> scale -> shift
+    (angle and shear in radians, angle positive = counter-clockwise as displayed with y pointing
+    down; shifts in pixels; flip is 1.0 to mirror left-right, else 0.0). What is returned is its
+    inverse, the form a sampler needs: for an output pixel ``(y, x)`` the source position is
+    ``M @ (y, x, 1)``, rows ordered (y, x). Zero angle/shear/shift, unit scale and no flip give
+    exactly ``[[1, 0, 0], [0, 1, 0]]``.
+    """
+    cos, sin = ops.cos(angle), ops.sin(angle)
+    shear_tan = ops.tan(shear)
+    mirror = 1.0 - 2.0 * flip  # -1 flips x
+    inv_scale = 1.0 / scale
+    # Inverse linear part in (x, y) order: flip^-1 . shear^-1 . rotate(-angle) / scale.
+    xx = mirror * (cos - shear_tan * sin) * inv_scale
+    xy = mirror * (-sin - shear_tan * cos) * inv_scale
+    yx = sin * inv_scale
+    yy = cos * inv_scale
+    centre_y = (height - 1) / 2.0
+    centre_x = (width - 1) / 2.0
+    # source = centre + L @ (output - centre - shift)
+    moved_y = centre_y + shift_y
+    moved_x = centre_x + shift_x
+    offset_y = centre_y - (yy * moved_y + yx * moved_x)
+    offset_x = centre_x - (xy * moved_y + xx * moved_x)
+    row_y = ops.stack([yy, yx, offset_y], axis=-1)
+    row_x = ops.stack([xy, xx, offset_x], axis=-1)
+    return ops.stack([row_y, row_x], axis=1)
+
+
+def random_affine_matrices(batch_size, height, width, config: AugmentConfig, seed):
+    """Draw one affine sampling matrix per image from the geometry limits in ``config``."""
+    angle_max = math.radians(config.rotation_deg)
+    shear_max = math.radians(config.shear_deg)
+    angle = _uniform(batch_size, -angle_max, angle_max, seed)
+    shear = _uniform(batch_size, -shear_max, shear_max, seed)
+    # Log-uniform scale keeps zooming in and out equally likely in ratio terms.
+    low, high = config.scale_range
+    scale = ops.exp(_uniform(batch_size, math.log(low), math.log(high), seed))
+    shift_y = _uniform(batch_size, -1.0, 1.0, seed) * (config.translate_frac * height)
+    shift_x = _uniform(batch_size, -1.0, 1.0, seed) * (config.translate_frac * width)
+    if config.flip_horizontal:
+        flip = ops.cast(_uniform(batch_size, 0.0, 1.0, seed) < 0.5, "float32")
+    else:
+        flip = ops.zeros_like(angle)
+    return affine_matrices(angle, scale, shear, shift_y, shift_x, flip, height, width)
+
+
+def sample_affine(images, matrices, fill_mode="nearest", fill_value=PIXEL_MIN):
+    """Resample ``(B, H, W, C)`` images through per-image sampling matrices ``(B, 2, 3)``.
+
+    Bilinear interpolation as four gathers from the flattened batch (each gathers all channels
+    of a pixel at once). Out-of-image samples repeat the edge pixel ("nearest") or read
+    ``fill_value`` ("constant", per interpolation corner, as in scipy / keras map_coordinates).
+
+    Why not ``keras.ops.image.map_coordinates`` with a batch-index grid: on the TensorFlow
+    backend it needs every dimension's size at trace time, and inside ``model.fit`` the batch
+    dimension is unknown (None), so it fails to trace; it also interpolates along the batch and
+    channel axes too (16 gathers for a 4-D input where 4 are needed). Checked against it in the
+    tests.
+    """
+    if fill_mode not in FILL_MODES:
+        raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    source_y, source_x = _source_coordinates(matrices, height, width)
+    if fill_mode == "nearest":
+        # Clamping the position before interpolating is exactly edge-pixel extension.
+        source_y = ops.clip(source_y, 0.0, height - 1.0)
+        source_x = ops.clip(source_x, 0.0, width - 1.0)
+    top = ops.floor(source_y)
+    left = ops.floor(source_x)
+    weight_y = ops.expand_dims(source_y - top, -1)
+    weight_x = ops.expand_dims(source_x - left, -1)
+
+    flat_pixels = ops.reshape(images, (-1, channels))
+    batch_offsets = ops.reshape(ops.arange(ops.shape(images)[0], dtype="int32") * (height * width),
+                                (-1, 1, 1))
+
+    def corner(row, col):
+        row_index = ops.cast(ops.clip(row, 0.0, height - 1.0), "int32")
+        col_index = ops.cast(ops.clip(col, 0.0, width - 1.0), "int32")
+        values = ops.take(flat_pixels, batch_offsets + row_index * width + col_index, axis=0)
+        if fill_mode == "constant":
+            inside = (row >= 0) & (row <= height - 1) & (col >= 0) & (col <= width - 1)
+            values = ops.where(ops.expand_dims(inside, -1), values,
+                               ops.cast(fill_value, values.dtype))
+        return values
+
+    top_row = corner(top, left) * (1.0 - weight_x) + corner(top, left + 1.0) * weight_x
+    bottom_row = corner(top + 1.0, left) * (1.0 - weight_x) + corner(top + 1.0, left + 1.0) * weight_x
+    return top_row * (1.0 - weight_y) + bottom_row * weight_y
+
+
+def _source_coordinates(matrices, height, width):
+    """Source (y, x) positions ``(B, H, W)`` for every output pixel."""
+    grid_y = ops.reshape(ops.arange(height, dtype="float32"), (1, height, 1))
+    grid_x = ops.reshape(ops.arange(width, dtype="float32"), (1, 1, width))
+
+    def coefficient(row, col):
+        return ops.reshape(matrices[:, row, col], (-1, 1, 1))
+
+    source_y = coefficient(0, 0) * grid_y + coefficient(0, 1) * grid_x + coefficient(0, 2)
+    source_x = coefficient(1, 0) * grid_y + coefficient(1, 1) * grid_x + coefficient(1, 2)
+    return source_y, source_x
+
+
+# --------------------------------------------------------------------------------------------
+# Photometric changes, on the [0, 1] view; per-image strengths have shape (B,)
+# --------------------------------------------------------------------------------------------
+
+
+def to_unit_range(images):
+    return images * PIXEL_STD + PIXEL_MEAN
+
+
+def from_unit_range(unit_images):
+    return (unit_images - PIXEL_MEAN) / PIXEL_STD
+
+
+def adjust_brightness(unit_images, delta):
+    return unit_images + _per_image(delta)
+
+
+def adjust_contrast(unit_images, factor):
+    """Scale each image's deviation from its own mean by ``factor``."""
+    mean = ops.mean(unit_images, axis=(1, 2, 3), keepdims=True)
+    return (unit_images - mean) * _per_image(factor) + mean
+
+
+def adjust_gamma(unit_images, gamma):
+    """``u ** gamma`` on [0, 1] images (clipped first: a negative base has no real power)."""
+    return ops.power(ops.clip(unit_images, 0.0, 1.0), _per_image(gamma))
+
+
+def add_gaussian_noise(unit_images, std, seed):
+    noise = keras.random.normal(ops.shape(unit_images), dtype="float32", seed=seed)
+    return unit_images + noise * _per_image(std)
+
+
+def rectangle_masks(height, width, top, left, rect_height, rect_width):
+    """``(B, H, W, 1)`` float masks, 1 inside each image's rectangle (all in pixels, ``(B,)``)."""
+    rows = ops.reshape(ops.arange(height, dtype="float32"), (1, height, 1))
+    cols = ops.reshape(ops.arange(width, dtype="float32"), (1, 1, width))
+    top, left = _per_image(top, 3), _per_image(left, 3)
+    bottom = top + _per_image(rect_height, 3)
+    right = left + _per_image(rect_width, 3)
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    return ops.expand_dims(ops.cast(inside, "float32"), -1)
+
+
+def random_erasing(unit_images, probability, area_range, fill, seed):
+    """Replace one random rectangle per image (with ``probability``) by noise or the mean."""
+    batch_size = ops.shape(unit_images)[0]
+    height, width = unit_images.shape[1], unit_images.shape[2]
+    area = _uniform(batch_size, area_range[0], area_range[1], seed)
+    aspect = ops.exp(_uniform(batch_size, -_ERASE_LOG_ASPECT, _ERASE_LOG_ASPECT, seed))
+    rect_height = ops.clip(ops.sqrt(area * aspect) * height, 1.0, float(height))
+    rect_width = ops.clip(ops.sqrt(area / aspect) * width, 1.0, float(width))
+    top = _uniform(batch_size, 0.0, 1.0, seed) * (height - rect_height)
+    left = _uniform(batch_size, 0.0, 1.0, seed) * (width - rect_width)
+    applied = ops.cast(_uniform(batch_size, 0.0, 1.0, seed) < probability, "float32")
+    mask = rectangle_masks(height, width, top, left, rect_height, rect_width) * _per_image(applied)
+
+    mean = ops.mean(unit_images, axis=(1, 2, 3), keepdims=True)
+    if fill == "noise":
+        std = ops.std(unit_images, axis=(1, 2, 3), keepdims=True)
+        noise = keras.random.normal(ops.shape(unit_images), dtype="float32", seed=seed)
+        filler = mean + std * noise
+    else:
+        filler = ops.broadcast_to(mean, ops.shape(unit_images))
+    return unit_images * (1.0 - mask) + filler * mask
+
+
+def _uniform(batch_size, low, high, seed):
+    return keras.random.uniform((batch_size,), minval=low, maxval=high, dtype="float32",
+                                seed=seed)
+
+
+def _per_image(values, rank=4):
+    """Reshape ``(B,)`` values to broadcast over an image batch of the given rank."""
+    return ops.reshape(values, (-1,) + (1,) * (rank - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# The layer
+# --------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="chest_tf")
+class ChestAugment(keras.layers.Layer):
+    """Random geometry + photometric augmentation of ``(B, H, W, C)`` images in [-1, 1].
+
+    Identity unless called with ``training=True`` (as ``model.fit`` does). Randomness comes from
+    a ``keras.random.SeedGenerator`` held by the layer: its state is a layer variable, advanced
+    on every call inside the compiled step and saved with checkpoints, so a run resumes its
+    random stream and two layers built with the same seed give the same images.
+
+    Computes in float32 whatever the dtype policy (bfloat16 coordinates would be off by whole
+    pixels at 224 px) and returns the input's dtype; inputs are not autocast.
+
+    Args:
+        config: an AugmentConfig, a dict of its fields, or None (fields then come from kwargs).
+        seed: int or None.
+        **kwargs: AugmentConfig fields (override ``config``) and keras Layer arguments.
+    """
+
+    def __init__(self, config: AugmentConfig | dict | None = None, seed: int | None = None,
+                 **kwargs):
+        field_names = {field.name for field in dataclasses.fields(AugmentConfig)}
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in field_names}
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
+        base = resolve_augment_config(config)
+        self.config = base.replace(**overrides) if overrides else base
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training or self.config.is_identity:
+            return images
+        input_dtype = images.dtype
+        images = ops.cast(images, "float32")
+        if self.config.has_geometry:
+            images = self._random_geometry(images)
+        if self.config.has_photometric:
+            images = from_unit_range(self._random_photometric(to_unit_range(images)))
+        images = ops.clip(images, PIXEL_MIN, PIXEL_MAX)
+        return ops.cast(images, input_dtype)
+
+    def _random_geometry(self, images):
+        height, width = images.shape[1], images.shape[2]
+        matrices = random_affine_matrices(ops.shape(images)[0], height, width, self.config,
+                                          self.seed_generator)
+        return sample_affine(images, matrices, fill_mode=self.config.fill_mode,
+                             fill_value=PIXEL_MIN)
+
+    def _random_photometric(self, unit_images):
+        config, seed = self.config, self.seed_generator
+        batch_size = ops.shape(unit_images)[0]
+        if config.brightness:
+            unit_images = adjust_brightness(
+                unit_images, _uniform(batch_size, -config.brightness, config.brightness, seed))
+        if config.contrast:
+            unit_images = adjust_contrast(
+                unit_images, _uniform(batch_size, 1.0 - config.contrast, 1.0 + config.contrast,
+                                      seed))
+        if config.gamma:
+            log_limit = math.log1p(config.gamma)
+            unit_images = adjust_gamma(
+                unit_images, ops.exp(_uniform(batch_size, -log_limit, log_limit, seed)))
+        if config.noise_std:
+            unit_images = add_gaussian_noise(
+                unit_images, _uniform(batch_size, 0.0, config.noise_std, seed), seed)
+        if config.erase_prob:
+            unit_images = random_erasing(unit_images, config.erase_prob, config.erase_area,
+                                         config.erase_fill, seed)
+        return ops.clip(unit_images, 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), **self.config.to_dict(), "seed": self.seed}
+
+
+def build_augmentation(preset_or_config="light", seed: int | None = None) -> ChestAugment | None:
+    """A ChestAugment for a preset name / AugmentConfig / dict, or None when it does nothing."""
+    config = resolve_augment_config(preset_or_config)
+    if config.is_identity:
+        return None
+    return ChestAugment(config, seed=seed, name="chest_augment")
+
+
+# --------------------------------------------------------------------------------------------
+# Mixup
+# --------------------------------------------------------------------------------------------
+
+
+def mixup(images, labels, alpha, seed_generator):
+    """Mix each image and its (multi-hot) labels with a partner's, by one lambda per pair.
+
+    ``lambda ~ Beta(alpha, alpha)`` per image; the partner of image i is image ``B - 1 - i`` (the
+    batch reversed): batches arrive shuffled, so this pairs as randomly as a permutation at no
+    cost. Images and labels get the same lambda; labels come back float32 (soft targets for
+    BCE). Meant for a custom ``train_step`` after ``ChestAugment``, e.g. on TensorFlow::
+
+        def train_step(self, data):
+            x, y = data
+            x, y = mixup(self.augment(x, training=True), y, 0.2, self.mixup_seed)
+            ...  # forward, loss, gradients as usual
+    """
+    batch_size = ops.shape(images)[0]
+    lam = keras.random.beta((batch_size,), alpha, alpha, dtype="float32", seed=seed_generator)
+    image_dtype = images.dtype
+    images = ops.cast(images, "float32")
+    labels = ops.cast(labels, "float32")
+    image_lam = _per_image(lam, len(images.shape))
+    label_lam = _per_image(lam, len(labels.shape))
+    mixed_images = image_lam * images + (1.0 - image_lam) * ops.flip(images, axis=0)
+    mixed_labels = label_lam * labels + (1.0 - label_lam) * ops.flip(labels, axis=0)
+    return ops.cast(mixed_images, image_dtype), mixed_labels
+
+
+# --------------------------------------------------------------------------------------------
+# Training model = input -> augmentation -> classifier
+# --------------------------------------------------------------------------------------------
+
+
+def attach_augmentation(model: keras.Model, augment: ChestAugment | None,
+                        name: str | None = None) -> keras.Model:
+    """The model to ``fit``: ``input -> augment -> model``, sharing ``model``'s weights.
+
+    Contract: augmentation lives only in this wrapper, so it runs inside the compiled (XLA)
+    training step and is the identity in evaluate/predict (training=False). Train the wrapper;
+    save and export ``model`` itself, which has been trained through the shared weights and
+    holds no augmentation. The wrapper's variables are ``model``'s plus the augmentation's seed
+    state, so checkpoints of the wrapper (e.g. BackupAndRestore) also resume the random stream.
+    Use ``strip_augmentation`` to get ``model`` back from a saved wrapper. With ``augment=None``
+    the model is returned unchanged.
+    """
+    if augment is None:
+        return model
+    model_inputs = getattr(model, "inputs", None)
+    if not model_inputs or len(model_inputs) != 1:
+        raise ValueError("attach_augmentation needs a built functional model with exactly one "
+                         f"image input; {model.name!r} has "
+                         f"{len(model_inputs) if model_inputs else 'no'} symbolic inputs")
+    model_input = model_inputs[0]
+    if len(model_input.shape) != 4:
+        raise ValueError(f"expected (batch, height, width, channels) images, got input shape "
+                         f"{model_input.shape}")
+    inputs = keras.Input(shape=model_input.shape[1:], dtype=model_input.dtype,
+                         name=model_input.name)
+    outputs = model(augment(inputs))
+    return keras.Model(inputs, outputs, name=name or f"{model.name}_augmented")
+
+
+def strip_augmentation(model: keras.Model) -> keras.Model:
+    """The classifier inside an ``attach_augmentation`` wrapper; other models unchanged."""
+    inner = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if (len(inner) == 2 and isinstance(inner[0], ChestAugment)
+            and isinstance(inner[1], keras.Model)):
+        return inner[1]
+    return model

@@ -1,0 +1,339 @@
+"""Custom layers of the model zoo, and the few block functions the three families share.
+
+Everything here uses keras.ops and keras.layers only (never tf.*), so the builders run on the
+TensorFlow, JAX and PyTorch backends. Every layer implements ``get_config`` and is registered under
+the ``chest_tf`` package, so a model saves as ``.keras`` and reloads with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+# keras.applications' value: ImageNet BatchNorm statistics transfer unchanged with it.
+BN_EPSILON = 1.001e-5
+
+# Below this many pixels on the short side the MedMNIST stem (3x3 stride 1, no max-pool) is used:
+# the ImageNet stem's 4x downsampling would leave a 28 px image with a 7x7 map before stage 2.
+SMALL_STEM_BELOW = 64
+STEMS = ("small", "imagenet")
+MIN_SIZE_FOR_STEM = {"small": 8, "imagenet": 32}
+
+_serializable = keras.saving.register_keras_serializable
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks shared by the builders
+# ----------------------------------------------------------------------------------------------
+def check_input_shape(input_shape) -> tuple[int, int, int]:
+    """Return ``(H, W, C)`` as ints, or raise a ValueError saying what is wrong."""
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}")
+    return shape
+
+
+def check_positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+def check_rate(value, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{what} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+def resolve_stem(stem: str | None, input_shape) -> str:
+    """Pick the stem from the input size unless one is asked for; check the input is big enough."""
+    height, width, _ = input_shape
+    if stem is None:
+        stem = "small" if min(height, width) < SMALL_STEM_BELOW else "imagenet"
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS} (or None to choose by input size), got {stem!r}")
+    if min(height, width) < MIN_SIZE_FOR_STEM[stem]:
+        raise ValueError(
+            f"input {height}x{width} is too small for the {stem!r} stem "
+            f"(needs at least {MIN_SIZE_FOR_STEM[stem]} px on each side)"
+        )
+    return stem
+
+
+# ----------------------------------------------------------------------------------------------
+# Block functions shared by ResNet and DenseNet
+# ----------------------------------------------------------------------------------------------
+def apply_stem(x, stem: str, filters: int = 64, pool_name: str = "pool1_pool"):
+    """The network's first convolution, named ``conv1_*``.
+
+    ``"imagenet"``: 7x7 stride-2 conv and 3x3 stride-2 max-pool, padded explicitly (as
+    keras.applications does) so ImageNet weights give the same maps. ``"small"``: one 3x3
+    stride-1 conv and no pooling, the MedMNIST recipe for 28 px images.
+    """
+    if stem == "imagenet":
+        x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
+        x = layers.Conv2D(filters, 7, strides=2, use_bias=False, name="conv1_conv")(x)
+    else:
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name="conv1_conv")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    if stem == "imagenet":
+        x = layers.ZeroPadding2D(1, name="pool1_pad")(x)  # after ReLU, so zeros never win the max
+        x = layers.MaxPooling2D(3, strides=2, name=pool_name)(x)
+    return x
+
+
+def apply_classifier_head(x, num_classes: int, head_dropout: float = 0.0):
+    """Global average pool, optional dropout, Dense -> logits; all float32 under mixed precision."""
+    pool = layers.GlobalAveragePooling2D if len(x.shape) == 4 else layers.GlobalAveragePooling1D
+    x = pool(name="avg_pool", dtype="float32")(x)
+    return apply_logits(x, num_classes, head_dropout)
+
+
+def apply_logits(x, num_classes: int, head_dropout: float = 0.0):
+    """Optional dropout and the final Dense, named ``predictions``; float32, no activation."""
+    if head_dropout > 0:
+        x = layers.Dropout(head_dropout, name="head_dropout", dtype="float32")(x)
+    return layers.Dense(num_classes, name="predictions", dtype="float32")(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+# What ImageNet checkpoints in keras.applications expect, per preprocessing mode.
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET_MODES = ("caffe", "torch")
+
+
+@_serializable(package="chest_tf")
+class ImageNetInput(layers.Layer):
+    """Turn our [-1, 1] images (1 or 3 channels, RGB) into what an ImageNet checkpoint was
+    trained on: grayscale tiled to 3 channels, then
+
+    - ``mode="caffe"`` (keras ResNet weights): RGB -> BGR, 0..255, minus the BGR mean;
+    - ``mode="torch"`` (keras DenseNet weights): 0..1, minus the RGB mean, over the RGB std.
+
+    Inside the model, so a saved model still takes the project's documented input range.
+    """
+
+    def __init__(self, mode: str = "torch", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in IMAGENET_MODES:
+            raise ValueError(f"ImageNetInput mode must be one of {IMAGENET_MODES}, got {mode!r}")
+        self.mode = mode
+        # One affine map per output channel: y = x * scale + offset, x in [-1, 1].
+        if mode == "caffe":
+            self._scale = [127.5] * 3
+            self._offset = [127.5 - m for m in CAFFE_MEAN_BGR]
+        else:
+            self._scale = [0.5 / s for s in IMAGENET_STD_RGB]
+            self._offset = [(0.5 - m) / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)]
+
+    def build(self, input_shape):
+        if input_shape[-1] not in (1, 3):
+            raise ValueError(f"ImageNetInput takes 1 or 3 channels, got {input_shape[-1]}")
+
+    def call(self, images):
+        if images.shape[-1] == 1:
+            images = ops.concatenate([images] * 3, axis=-1)
+        elif self.mode == "caffe":
+            images = ops.flip(images, axis=-1)
+        scale = ops.convert_to_tensor(self._scale, dtype=images.dtype)
+        offset = ops.convert_to_tensor(self._offset, dtype=images.dtype)
+        return images * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@_serializable(package="chest_tf")
+class DropPath(layers.Layer):
+    """Stochastic depth: in training, drop the whole residual branch for a random subset of the
+    batch (probability ``rate``) and rescale the rest by ``1 / (1 - rate)``; identity otherwise."""
+
+    def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = check_rate(rate, "DropPath rate")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask_shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        noise = keras.random.uniform(mask_shape, seed=self.seed_generator, dtype=x.dtype)
+        mask = ops.floor(keep + noise)  # 1 with probability `keep`, else 0
+        return x * mask / keep
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@_serializable(package="chest_tf")
+class ClassToken(layers.Layer):
+    """Prepend one learnable token to a (B, N, D) sequence -> (B, N + 1, D)."""
+
+    def build(self, input_shape):
+        self.token = self.add_weight(
+            name="token", shape=(1, 1, input_shape[-1]), initializer=keras.initializers.Zeros()
+        )
+
+    def call(self, tokens):
+        batch = ops.shape(tokens)[0]
+        token = ops.broadcast_to(ops.cast(self.token, tokens.dtype), (batch, 1, tokens.shape[-1]))
+        return ops.concatenate([token, tokens], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        length = None if input_shape[1] is None else input_shape[1] + 1
+        return (input_shape[0], length, input_shape[2])
+
+
+@_serializable(package="chest_tf")
+class PositionEmbedding(layers.Layer):
+    """Add a learnable embedding per position to a (B, T, D) sequence (fixed T)."""
+
+    def __init__(self, initializer_stddev: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.initializer_stddev = initializer_stddev
+
+    def build(self, input_shape):
+        if input_shape[1] is None:
+            raise ValueError("PositionEmbedding needs a fixed sequence length")
+        self.embedding = self.add_weight(
+            name="embedding",
+            shape=(1, input_shape[1], input_shape[2]),
+            initializer=keras.initializers.TruncatedNormal(stddev=self.initializer_stddev),
+        )
+
+    def call(self, tokens):
+        return tokens + ops.cast(self.embedding, tokens.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "initializer_stddev": self.initializer_stddev}
+
+
+@_serializable(package="chest_tf")
+class ShiftedImages(layers.Layer):
+    """The "S" of shifted patch tokenization (Lee et al. 2021): concatenate the image with four
+    copies shifted by ``shift`` pixels diagonally (zero-filled, i.e. mid-grey in [-1, 1]), so
+    each patch also sees its neighbours' pixels -> (B, H, W, 5C)."""
+
+    DIRECTIONS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+    def __init__(self, shift: int, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = check_positive_int(shift, "ShiftedImages shift")
+
+    def call(self, images):
+        s = self.shift
+        height, width = images.shape[1], images.shape[2]
+        padded = ops.pad(images, ((0, 0), (s, s), (s, s), (0, 0)))
+        # out[i, j] = image[i - dy*s, j - dx*s]  <=>  padded[i + s - dy*s, j + s - dx*s]
+        shifted = [
+            padded[:, s - dy * s : s - dy * s + height, s - dx * s : s - dx * s + width, :]
+            for dy, dx in self.DIRECTIONS
+        ]
+        return ops.concatenate([images, *shifted], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 5 * input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift}
+
+
+@_serializable(package="chest_tf")
+class PatchSplit(layers.Layer):
+    """Cut (B, H, W, C) images into non-overlapping p x p patches, flattened row-major:
+    -> (B, (H/p) * (W/p), p * p * C). H and W must be multiples of p."""
+
+    def __init__(self, patch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = check_positive_int(patch_size, "patch_size")
+
+    def build(self, input_shape):
+        p = self.patch_size
+        if input_shape[1] % p or input_shape[2] % p:
+            raise ValueError(f"PatchSplit: {input_shape[1]}x{input_shape[2]} is not a multiple of {p}")
+
+    def call(self, images):
+        p = self.patch_size
+        _, height, width, channels = images.shape
+        grid = ops.reshape(images, (-1, height // p, p, width // p, p, channels))
+        grid = ops.transpose(grid, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(grid, (-1, (height // p) * (width // p), p * p * channels))
+
+    def compute_output_shape(self, input_shape):
+        _, height, width, channels = input_shape
+        p = self.patch_size
+        return (input_shape[0], (height // p) * (width // p), p * p * channels)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+@_serializable(package="chest_tf")
+class SelectToken(layers.Layer):
+    """Take one token of a (B, T, D) sequence -> (B, D); the class-token pooling of ViT."""
+
+    def __init__(self, index: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.index = index
+
+    def call(self, tokens):
+        return tokens[:, self.index, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.index}
+
+
+@_serializable(package="chest_tf")
+class LocalitySelfAttention(layers.MultiHeadAttention):
+    """Multi-head self-attention with locality self-attention (Lee et al. 2021): a learnable
+    softmax temperature (initialised at sqrt(key_dim), the usual fixed scale) and the diagonal
+    of the score matrix masked out, so each token must attend to the others. Everything else,
+    including ``return_attention_scores``, is keras.layers.MultiHeadAttention."""
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        super().build(query_shape, value_shape, key_shape)
+        self.temperature = self.add_weight(
+            name="temperature",
+            shape=(),
+            initializer=keras.initializers.Constant(math.sqrt(float(self.key_dim))),
+        )
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None,
+                           return_attention_scores=False, **kwargs):
+        # The parent multiplies the query by 1/sqrt(key_dim); pre-scaling by sqrt(key_dim)/T
+        # makes the net scale 1/T with T learnable.
+        rescale = ops.cast(math.sqrt(float(self.key_dim)), query.dtype) / ops.cast(self.temperature, query.dtype)
+        query = query * rescale
+        length_q, length_k = query.shape[1], key.shape[1]
+        off_diagonal = ops.logical_not(ops.eye(length_q, length_k, dtype="bool"))
+        if attention_mask is None:
+            attention_mask = off_diagonal
+        else:
+            attention_mask = ops.logical_and(ops.cast(attention_mask, "bool"), off_diagonal)
+        return super()._compute_attention(
+            query, key, value, attention_mask, training, return_attention_scores, **kwargs
+        )

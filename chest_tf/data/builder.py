@@ -55,8 +55,9 @@ class ChestTfMedmnist(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release: images, labels and the row index in the source npz."}
     BUILDER_CONFIGS = [MedMNISTConfig(info, size) for info in CATALOGUE.values() for size in SIZES]
 
-    def __init__(self, *, npz_path: str | Path | None = None, **kwargs):
+    def __init__(self, *, npz_path: str | Path | None = None, layouts: dict | None = None, **kwargs):
         self._npz_path = Path(npz_path) if npz_path is not None else None
+        self._layouts = layouts  # from npz.inspect_npz, when the caller already checked the file
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -83,7 +84,7 @@ class ChestTfMedmnist(tfds.core.GeneratorBasedBuilder):
         del dl_manager  # the npz is fetched (and verified) by chest_tf.data.download
         if self._npz_path is None:
             raise DataError("the builder needs npz_path= to prepare records")
-        layouts = npz.inspect_npz(self._npz_path, self.builder_config.info, self.builder_config.size)
+        layouts = self._layouts or npz.inspect_npz(self._npz_path, self.builder_config.info, self.builder_config.size)
         return {split: self._generate_examples(split, layouts[split].num_examples) for split in SPLITS}
 
     def _generate_examples(self, split: str, num_examples: int):
@@ -113,10 +114,14 @@ def _source_identity(npz_path: Path) -> dict:
     return {"npz": str(npz_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def make_builder(dataset: str, size: int, npz_path: str | Path, records_dir: str | Path) -> ChestTfMedmnist:
+def make_builder(
+    dataset: str, size: int, npz_path: str | Path, records_dir: str | Path, layouts: dict | None = None
+) -> ChestTfMedmnist:
     info = get_info(dataset)
     info.check_size(size)
-    return ChestTfMedmnist(npz_path=npz_path, data_dir=str(records_dir), config=config_name(dataset, size))
+    return ChestTfMedmnist(
+        npz_path=npz_path, layouts=layouts, data_dir=str(records_dir), config=config_name(dataset, size)
+    )
 
 
 def prepare(
@@ -149,8 +154,8 @@ def prepare(
             reason = "--force" if force else f"{npz_path} changed since they were written"
             print(f"rebuilding records in {version_dir} ({reason})", file=sys.stderr)
         shutil.rmtree(version_dir)
-        builder = make_builder(dataset, size, npz_path, records_dir)
-    npz.inspect_npz(npz_path, get_info(dataset), size)  # fail early, before TFDS makes folders
+    layouts = npz.inspect_npz(npz_path, get_info(dataset), size)  # fail early, before TFDS makes folders
+    builder = make_builder(dataset, size, npz_path, records_dir, layouts)
     if verbose:
         print(f"preparing {config_name(dataset, size)} records from {npz_path} into {version_dir}", file=sys.stderr)
     config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)

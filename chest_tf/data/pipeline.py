@@ -175,6 +175,7 @@ def load_dataset(
     records_dir: str | os.PathLike | None = None,
     npz_path: str | os.PathLike | None = None,
     allow_download: bool = True,
+    force: bool = False,
     verbose: bool = True,
 ) -> DatasetHandle:
     """Find or fetch the npz, prepare its records once, and return a handle for batches."""
@@ -182,5 +183,5 @@ def load_dataset(
     info.check_size(size)
     root = download.resolve_data_dir(data_dir)
     path = locate_npz(info, size, root, npz_path=npz_path, allow_download=allow_download)
-    built = builder_lib.prepare(info.name, size, path, records_dir_for(root, records_dir), verbose=verbose)
+    built = builder_lib.prepare(info.name, size, path, records_dir_for(root, records_dir), force=force, verbose=verbose)
     return DatasetHandle(info=info, size=size, npz_path=path, builder=built)

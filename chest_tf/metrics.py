@@ -274,6 +274,18 @@ def official_acc(y_true: np.ndarray, y_score: np.ndarray, task: str, threshold: 
     return float(np.mean(np.mean(correct_matrix(y_true, y_score, task, threshold), axis=0)))
 
 
+def majority_baseline_acc(y_true: np.ndarray, task: str) -> float:
+    """ACC of the best constant prediction, for scale: multi-label mean_k max(p_k, 1 - p_k)
+    (ChestMNIST: "no finding" everywhere, about 0.947), binary max(p, 1 - p), multi-class the
+    largest class share."""
+    check_task(task)
+    if task == MULTI_LABEL:
+        prevalence = np.asarray(y_true, dtype=np.float64).mean(axis=0)
+        return float(np.mean(np.maximum(prevalence, 1.0 - prevalence)))
+    y = _class_indices(y_true)
+    return float(np.bincount(y).max() / y.size) if y.size else float("nan")
+
+
 def official_metrics(y_true: np.ndarray, y_score: np.ndarray, task: str) -> dict[str, Any]:
     """{"auc", "acc", "per_label_auc", "auc_defined"}: the two official numbers and what is behind
     the AUC. What training logs as its final numbers."""
@@ -681,9 +693,13 @@ def evaluate_split(
         })
     undefined = [names[k] for k in range(len(names)) if not defined[k]]
     n_defined = int(defined.sum())
-    note = f"mean over all {len(names)} labels" if not undefined else (
-        f"mean over the {n_defined} defined of {len(names)} labels; undefined (no positives or no negatives): "
-        + ", ".join(undefined))
+    if len(names) == 1:
+        note = "AUC of the positive-class score" if defined[0] else "undefined: the split has one class only"
+    elif not undefined:
+        note = f"mean over all {len(names)} label columns"
+    else:
+        note = (f"mean over the {n_defined} defined of {len(names)} label columns; undefined (no positives "
+                "or no negatives): " + ", ".join(undefined))
     calibration = {"ece": _mean_or_nan(ece), "brier": _mean_or_nan(brier), "n_bins": n_bins}
     if is_multi_class(task):
         calibration["top_label_ece"] = top_label_ece(y_true, y_score, n_bins)
@@ -692,6 +708,7 @@ def evaluate_split(
         "n": int(Y.shape[0]),
         "auc": _mean_or_nan(auc),
         "acc": official_acc(y_true, y_score, task),
+        "acc_majority_baseline": majority_baseline_acc(y_true, task),
         "auc_note": note,
         "n_labels_defined": n_defined,
         "undefined_labels": undefined,

@@ -10,7 +10,7 @@ from chest_tf.errors import ChestTFError
 
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ start-up chatter before it is imported (users can override)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

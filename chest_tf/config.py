@@ -1,0 +1,152 @@
+"""One dataclass tree for a run: data, model and training settings.
+
+CLI flags and TOML files (``--config run.toml``, and the runs of ``pipelines/*.toml``) both map
+onto it: defaults < TOML < flags. Every run writes its resolved config to ``config.json`` with
+what ``auto`` resolved to (precision, XLA, strategy, device).
+
+A TOML file has up to three tables, named like the dataclasses::
+
+    [data]
+    dataset = "pneumoniamnist"
+    size = 28
+    [model]
+    arch = "resnet18"
+    overrides = { head_dropout = 0.1 }
+    [train]
+    epochs = 30
+    lr = 0.002
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from chest_tf.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+LOSSES = ("bce", "bce_weighted", "focal", "asymmetric")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+JIT_MODES = ("auto", "on", "off")
+STRATEGIES = ("auto", "none", "mirrored")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "chestmnist"
+    size: int = 28
+    data_dir: str | None = None  # npz files; default $CHEST_TF_DATA_DIR or ~/.cache/chest_tf
+    records_dir: str | None = None  # TFRecord shards; default DATA_DIR/tfrecords
+    npz: str | None = None  # read this npz file instead (e.g. a shared copy), in place
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    weights: str | None = None  # None (from scratch) or "imagenet"
+    overrides: dict[str, Any] = field(default_factory=dict)  # passed to build_model
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 2e-3
+    optimizer: str = "adamw"
+    schedule: str = "cosine"  # cosine = linear warmup then cosine decay; step = MedMNIST's x0.1 at 50%, 75%
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    augment: str = "light"  # a preset of chest_tf.augment.PRESETS
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing of batches; 0 = off
+    precision: str = "auto"
+    jit: str = "auto"
+    strategy: str = "auto"
+    seed: int = 0
+    early_stopping: int = 0  # patience in epochs on validation AUC; 0 = off
+    steps_per_epoch: int | None = None  # fewer steps per epoch for quick runs
+    deterministic: bool = False  # ordered tf.data stages (slower); results repeatable per seed
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        unknown = set(values) - {"data", "model", "train"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; use [data], [model] and [train]")
+        config = cls()
+        for section, table in values.items():
+            config = apply_overrides(config, section, table)
+        return config
+
+    def validate(self) -> RunConfig:
+        train = self.train
+        for name, value, allowed in (
+            ("optimizer", train.optimizer, OPTIMIZERS),
+            ("schedule", train.schedule, SCHEDULES),
+            ("loss", train.loss, LOSSES),
+            ("precision", train.precision, PRECISIONS),
+            ("jit", train.jit, JIT_MODES),
+            ("strategy", train.strategy, STRATEGIES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} '{value}'; choose one of {', '.join(allowed)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(train, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(train, name)}")
+        if train.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {train.lr}")
+        if train.steps_per_epoch is not None and train.steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be at least 1, got {train.steps_per_epoch}")
+        if not 0 <= train.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {train.label_smoothing}")
+        return self
+
+
+def apply_overrides(config: RunConfig, section: str, values: dict[str, Any]) -> RunConfig:
+    """A copy of ``config`` with ``values`` set in ``section``; unknown keys are errors."""
+    part = getattr(config, section)
+    known = {f.name for f in fields(part)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown [{section}] setting(s) {unknown}; known: {', '.join(sorted(known))}")
+    merged = dict(values)
+    if section == "model" and "overrides" in merged:
+        merged["overrides"] = {**part.overrides, **merged["overrides"]}
+    return dataclasses.replace(config, **{section: dataclasses.replace(part, **merged)})
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as stream:
+            return tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    return RunConfig.from_dict(load_toml(path))

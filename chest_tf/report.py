@@ -265,9 +265,10 @@ def _comparison_section(result: dict, dataset: str, size: int, model_name: str, 
               f"| **{model_name} (this run)** | chest_tf | **{_num(result['headline']['auc'])}** | "
               f"**{_num(result['headline']['acc'])}** | | AUC 95% CI {_ci_text(result['headline']['auc_ci'])} |"]
     this_auc = result["headline"]["auc"]
+    comparable = compared_to == key  # no differences against another dataset's rows
     for row in rows:
-        delta = this_auc - row["auc"] if row["auc"] is not None and np.isfinite(this_auc) else None
-        lines.append(f"| {row['method']} | {row['group']}{' (ceiling)' if row['ceiling'] else ''} | {_num(row['auc'])} | "
+        delta = this_auc - row["auc"] if comparable and row["auc"] is not None and np.isfinite(this_auc) else None
+        lines.append(f"| {row['method']} | {row['group']} | {_num(row['auc'])} | "
                      f"{_num(row['acc'])} | {'' if delta is None else f'{delta:+.3f}'} | {row['note']} |")
     sources = sorted({row["source"] for row in rows})
     lines += ["", "Sources: " + "; ".join(sources) + ".", ""]

@@ -316,7 +316,7 @@ def adjust_gamma(unit_images, gamma):
 
 
 def add_gaussian_noise(unit_images, std, seed):
-    noise = keras.random.normal(ops.shape(unit_images), dtype="float32", seed=seed)
+    noise = random_normal_like(unit_images, seed)
     return unit_images + noise * _per_image(std)
 
 
@@ -347,11 +347,58 @@ def random_erasing(unit_images, probability, area_range, fill, seed):
     mean = ops.mean(unit_images, axis=(1, 2, 3), keepdims=True)
     if fill == "noise":
         std = ops.std(unit_images, axis=(1, 2, 3), keepdims=True)
-        noise = keras.random.normal(ops.shape(unit_images), dtype="float32", seed=seed)
+        noise = random_normal_like(unit_images, seed)
         filler = mean + std * noise
     else:
         filler = ops.broadcast_to(mean, ops.shape(unit_images))
     return unit_images * (1.0 - mask) + filler * mask
+
+
+# Per-pixel noise. keras.random draws are fine for the few per-image parameters, but XLA's
+# CPU lowering of its stateless generator is slow: ~1.3M numbers/s here, i.e. ~25 images/s for a
+# 224 px batch of noise versus ~2,500 without XLA. So per-pixel fields come from a keyed integer
+# hash of each element's index (two rounds of a 32-bit xorshift-multiply mixer), with the key
+# drawn from the layer's SeedGenerator: still deterministic per seed, stateful across steps, and
+# a few vectorised integer ops per element on any backend (224 px noise under XLA on this CPU:
+# ~25 images/s with keras.random.normal, ~4,000 with this).
+_HASH_MULTIPLIERS = (0x7FEB352D, 0x846CA68B - (1 << 32))  # as int32 (wrapping arithmetic)
+
+
+def _logical_right_shift(values, bits):
+    return ops.bitwise_and(ops.right_shift(values, bits), (1 << (32 - bits)) - 1)
+
+
+def _mix32(values):
+    """A bijective avalanche mixer on int32 bit patterns."""
+    values = ops.bitwise_xor(values, _logical_right_shift(values, 16)) * _HASH_MULTIPLIERS[0]
+    values = ops.bitwise_xor(values, _logical_right_shift(values, 15)) * _HASH_MULTIPLIERS[1]
+    return ops.bitwise_xor(values, _logical_right_shift(values, 16))
+
+
+def _random_bits24(images, seed):
+    """Independent uniform integers in [0, 2**24), one per element of ``(B, H, W, C)`` images."""
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    per_image = height * width * channels
+    key = keras.random.randint((), 0, 2**31 - 1, dtype="int32", seed=seed)
+    element = ops.reshape(ops.arange(per_image, dtype="int32"), (1, height, width, channels))
+    image = ops.reshape(ops.arange(ops.shape(images)[0], dtype="int32"), (-1, 1, 1, 1))
+    bits = _mix32(ops.bitwise_xor(_mix32(image * per_image + element), key))
+    return _logical_right_shift(bits, 8)  # the best-mixed top 24 bits
+
+
+def random_uniform_like(images, seed):
+    """Uniform values in the open interval (0, 1), shaped like ``images``."""
+    return (ops.cast(_random_bits24(images, seed), "float32") + 0.5) * (1.0 / (1 << 24))
+
+
+def random_normal_like(images, seed):
+    """Standard normal values shaped like ``images``, by the inverse CDF (one erfinv per value,
+    4x cheaper than Box-Muller under XLA on CPU)."""
+    bits = ops.cast(_random_bits24(images, seed), "float32")
+    # (2k + 1 - 2**24) / 2**24 is exact in float32 and strictly inside (-1, 1), so erfinv is
+    # finite (|z| <= 5.4).
+    symmetric = (2.0 * bits + (1.0 - (1 << 24))) * (1.0 / (1 << 24))
+    return math.sqrt(2.0) * ops.erfinv(symmetric)
 
 
 def _uniform(batch_size, low, high, seed):
@@ -459,6 +506,42 @@ def build_augmentation(preset_or_config="light", seed: int | None = None) -> Che
 # --------------------------------------------------------------------------------------------
 
 
+def random_beta(batch_size, alpha, beta, seed, tries=8):
+    """``(B,)`` draws from Beta(alpha, beta) with XLA-compilable ops.
+
+    ``keras.random.beta`` goes through ``tf.random.stateless_gamma``, which has no XLA kernel,
+    so this is Beta = X / (X + Y) over gamma draws made here, in log space (with alpha < 1 the
+    gammas underflow to 0 in float32).
+    """
+    log_x = _random_log_gamma(batch_size, float(alpha), seed, tries)
+    log_y = _random_log_gamma(batch_size, float(beta), seed, tries)
+    return ops.sigmoid(log_x - log_y)
+
+
+def _random_log_gamma(batch_size, alpha, seed, tries):
+    """log of Gamma(alpha, 1) draws: Marsaglia & Tsang's squeeze-free rejection method, with a
+    fixed number of vectorised tries (each accepts with probability > 0.95, so 8 tries fail
+    with probability < 1e-10; a failure falls back to the mode-like value ``d``)."""
+    boost = alpha < 1.0  # Gamma(a) = Gamma(a + 1) * U ** (1 / a)
+    shape_param = alpha + 1.0 if boost else alpha
+    d = shape_param - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    normal = keras.random.normal((tries, batch_size), dtype="float32", seed=seed)
+    uniform = keras.random.uniform((tries, batch_size), minval=1e-12, maxval=1.0,
+                                   dtype="float32", seed=seed)
+    v = (1.0 + c * normal) ** 3
+    safe_v = ops.where(v > 0, v, 1.0)
+    accepted = (v > 0) & (ops.log(uniform) < 0.5 * normal**2 + d - d * safe_v + d * ops.log(safe_v))
+    first = ops.argmax(ops.cast(accepted, "int32"), axis=0)  # first accepted try per column
+    chosen_v = ops.take_along_axis(safe_v, ops.expand_dims(first, 0), axis=0)[0]
+    log_gamma = math.log(d) + ops.log(chosen_v)
+    if boost:
+        log_u = ops.log(keras.random.uniform((batch_size,), minval=1e-12, maxval=1.0,
+                                             dtype="float32", seed=seed))
+        log_gamma = log_gamma + log_u / alpha
+    return log_gamma
+
+
 def mixup(images, labels, alpha, seed_generator):
     """Mix each image and its (multi-hot) labels with a partner's, by one lambda per pair.
 
@@ -473,7 +556,7 @@ def mixup(images, labels, alpha, seed_generator):
             ...  # forward, loss, gradients as usual
     """
     batch_size = ops.shape(images)[0]
-    lam = keras.random.beta((batch_size,), alpha, alpha, dtype="float32", seed=seed_generator)
+    lam = random_beta(batch_size, alpha, alpha, seed_generator)
     image_dtype = images.dtype
     images = ops.cast(images, "float32")
     labels = ops.cast(labels, "float32")

@@ -1,6 +1,7 @@
-"""The one place every number chest_tf reports comes from (numpy / scikit-learn / scipy only).
+"""The one place every number chest_tf reports comes from (numpy only; tested against scikit-learn
+and MedMNIST's evaluator).
 
-No TensorFlow or Keras here: the module imports in well under a second and is tested on its own.
+No TensorFlow, Keras or even scikit-learn at import: the module loads in about 0.1 s.
 
 Tasks and the inputs accepted
 -----------------------------
@@ -65,10 +66,10 @@ import json
 import math
 import time
 import warnings
+from statistics import NormalDist
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 MULTI_LABEL = "multi-label, binary-class"
 BINARY = "binary-class"
@@ -229,6 +230,18 @@ def defined_columns(Y: np.ndarray) -> np.ndarray:
     return (n_pos > 0) & (n_neg > 0)
 
 
+def midranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n in ascending order, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values) != 0) + 1]
+    ends = np.r_[starts[1:], values.size]
+    group_rank = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
+    ranks = np.empty(values.size)
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return ranks
+
+
 def roc_auc_columns(Y: np.ndarray, S: np.ndarray) -> np.ndarray:
     """Per-column ROC-AUC (K,), NaN where a column lacks positives or negatives.
 
@@ -239,7 +252,7 @@ def roc_auc_columns(Y: np.ndarray, S: np.ndarray) -> np.ndarray:
     S = np.asarray(S, dtype=np.float64)
     if Y.shape[0] == 0:
         return np.full(Y.shape[1], np.nan)
-    ranks = rankdata(S, method="average", axis=0)
+    ranks = np.column_stack([midranks(S[:, k]) for k in range(S.shape[1])])
     n_pos, n_neg = _class_counts(Y)
     rank_sum = np.sum(ranks * (Y == 1), axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -854,12 +867,10 @@ CHEST_PREVALENCE = (0.103, 0.025, 0.119, 0.177, 0.052, 0.056, 0.013,
 def synthetic_multilabel(n: int, prevalence: Sequence[float], auc: float = 0.78, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Labels with the given prevalences and sigmoid scores whose logits are binormal with equal
     variance, separated by d' = sqrt(2) * Phi^-1(auc) so the population AUC is ``auc``."""
-    from scipy.stats import norm
-
     rng = np.random.default_rng(seed)
     prevalence = np.asarray(prevalence)
     y = (rng.random((n, prevalence.size)) < prevalence).astype(np.int8)
-    d = math.sqrt(2.0) * norm.ppf(auc)
+    d = math.sqrt(2.0) * NormalDist().inv_cdf(auc)
     logits = rng.normal(size=y.shape) + d * y + np.log(prevalence / (1 - prevalence)) - d / 2
     return y, sigmoid(logits)
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from chest_tf import metrics
 
@@ -301,14 +302,17 @@ def plot_training_curves(history_csv: str | Path, out_path: str | Path, title: s
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     for ax, base in zip(axes, bases):
-        for name, style, label in ((base, "-", "train"), (f"val_{base}", "--", "val")):
+        for name, style, label, color in ((base, "-", "train", "C0"), (f"val_{base}", "--", "val", "C1")):
             if name in history and np.any(np.isfinite(history[name])):
-                ax.plot(epochs, history[name], style, label=label, lw=1.4)
+                seen = np.isfinite(history[name])  # join over gaps (e.g. validation every few epochs)
+                ax.plot(epochs[seen], history[name][seen], style, label=label, lw=1.4, color=color,
+                        marker="o" if seen.sum() <= 30 else None, ms=2.5)
         val = history.get(f"val_{base}")
         if val is not None and np.any(np.isfinite(val)):
             best = np.nanargmin(val) if "loss" in base else np.nanargmax(val)
             ax.plot(epochs[best], val[best], "o", color="C3", ms=5, label=f"best val: {val[best]:.4g}")
         ax.set_title(base)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(base)
         ax.grid(color="0.92")
@@ -318,6 +322,7 @@ def plot_training_curves(history_csv: str | Path, out_path: str | Path, title: s
         ax.plot(epochs, history[lr_name], color="C2", lw=1.4)
         ax.set_yscale("log")
         ax.set_title("learning rate")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(lr_name)
         ax.grid(color="0.92")

@@ -834,7 +834,8 @@ def _undefined_label_warnings(result: dict[str, Any]) -> list[str]:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Nested dicts / lists / numpy values -> plain JSON types; NaN and +-inf become None."""
+    """Nested dicts / lists / numpy values -> plain JSON types; NaN and +-inf become None, any
+    other object its str()."""
     if isinstance(obj, dict):
         return {str(key): to_jsonable(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -847,7 +848,9 @@ def to_jsonable(obj: Any) -> Any:
         return int(obj)
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
-    return obj
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)  # paths, enums, ... in run_info: readable rather than a crash
 
 
 def dumps_json(obj: Any) -> str:

@@ -526,3 +526,10 @@ def test_metrics_report_and_plots_do_not_import_tensorflow():
 def test_bench_command_runs_small(capsys):
     assert metrics.main(["bench", "--n-test", "2000", "--n-val", "1000", "--resamples", "20"]) == 0
     assert "all metrics:" in capsys.readouterr().out
+
+
+def test_to_jsonable_handles_numpy_nan_and_paths():
+    from pathlib import Path
+
+    data = {"a": np.float32(np.nan), "b": np.arange(3), "c": [np.inf, 1.5], "d": Path("/x"), "e": np.bool_(True)}
+    assert json.loads(metrics.dumps_json(data)) == {"a": None, "b": [0, 1, 2], "c": [None, 1.5], "d": "/x", "e": True}

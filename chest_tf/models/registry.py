@@ -124,9 +124,10 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 14, *,
         raise ValueError(f"weights must be None or 'imagenet', got {weights!r}")
     log.info("build_model(%r, input_shape=%s, num_classes=%s, weights=%s, overrides=%s)",
              name, input_shape, num_classes, weights, overrides)
+    # The checkpoint first: offline, fail before spending time on the build.
+    source = load_imagenet_source(name, input_shape) if weights == "imagenet" else None
     model = ARCHS[name](input_shape=input_shape, num_classes=num_classes, name=name, **overrides)
-    if weights == "imagenet":
-        source = load_imagenet_source(name, input_shape)
+    if source is not None:
         transfer_weights(source, model)
     return model
 

@@ -377,29 +377,14 @@ def build_callbacks(run_dir, classifier, augmenter, handle, config, images_per_e
     return callbacks
 
 
-def predict_split(model: keras.Model, handle: DatasetHandle, split: str, batch_size: int) -> np.ndarray:
-    """Logits for ``split`` in file order (aligned with ``handle.labels(split)``)."""
-    images = handle.batches(split, batch_size).map(lambda x, y: x)
-    return model.predict(images, verbose=0)
-
-
 def evaluate_best(run_dir: Path, handle: DatasetHandle, config: RunConfig, runtime: Runtime) -> dict:
-    """The best checkpoint's val/test metrics through the shared metrics module, with the
-    predictions they came from and a report, in run_dir/eval."""
-    from chest_tf import metrics as metrics_lib  # noqa: PLC0415
-    from chest_tf.report import report_from_predictions  # noqa: PLC0415
+    """The best checkpoint's val/test metrics, predictions and report, in run_dir/eval."""
+    from chest_tf.evaluate import evaluate_model  # noqa: PLC0415
 
-    model = keras.models.load_model(run_dir / "best.keras")
-    task = handle.info.task
-    scores = {
-        split: metrics_lib.scores_from_logits(predict_split(model, handle, split, config.train.batch_size), task)
-        for split in ("val", "test")
-    }
-    return report_from_predictions(
-        run_dir / "eval",
-        handle.labels("val"), scores["val"], handle.labels("test"), scores["test"],
-        task, list(handle.info.labels), config.data.dataset, config.data.size, config.model.arch,
-        seed=config.train.seed, history_csv=run_dir / "history.csv",
+    return evaluate_model(
+        keras.models.load_model(run_dir / "best.keras"), handle, run_dir / "eval",
+        model_name=config.model.arch, batch_size=config.train.batch_size, seed=config.train.seed,
+        history_csv=run_dir / "history.csv",
         run_info={"run_dir": str(run_dir), "best": json.loads((run_dir / "best.json").read_text()),
                   "runtime": runtime.to_dict()},
     )

@@ -247,11 +247,14 @@ def test_training_model_compiles_with_xla_and_keeps_jit_compile():
     train_model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True),
                         jit_compile=True)
     assert train_model.jit_compile is True
-    images = random_images(20)
-    labels = (np.random.default_rng(1).random((20, 14)) < 0.2).astype("float32")
+    images = random_images(16)
+    labels = (np.random.default_rng(1).random((16, 14)) < 0.2).astype("float32")
+    # A tf.data input, as in training: the step is traced with an unknown (None) batch size,
+    # which e.g. keras.ops.image.map_coordinates cannot trace.
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    assert dataset.element_spec[0].shape[0] is None
     before = [w.copy() for w in classifier.get_weights()]
-    # 20 images in batches of 8: the last batch is partial, so the step sees a dynamic batch.
-    history = train_model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    history = train_model.fit(dataset, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"]).all()
     assert train_model.jit_compile is True  # Keras turns it off silently for non-jittable layers
     assert all(layer.supports_jit for layer in train_model._flatten_layers())

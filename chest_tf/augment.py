@@ -53,11 +53,12 @@ class AugmentConfig:
       flip_horizontal: mirror left-right with probability 0.5. Off by default: a chest X-ray is
         not left-right symmetric (the heart sits on the patient's left, dextrocardia is a finding).
       fill_mode: what is sampled outside the image. "nearest" (default) repeats the edge pixel;
-        "constant" fills with black (-1.0). Nearest is the default because MedMNIST chest images
-        are tight crops whose edges are not black (PneumoniaMNIST's border pixels average
-        135/255, next to the image mean of 147/255): a black fill would paint a high-contrast
-        frame that no test image has, while at these small angles and shifts the repeated edge is
-        a strip of a pixel or two that continues the local intensity.
+        "constant" fills with black (-1.0). Nearest is the default because it matches whatever
+        the border is: where a radiograph's edge is dark air, it repeats dark; but MedMNIST
+        images are often tight crops whose edges are not dark at all (PneumoniaMNIST's border
+        pixels average 135/255, next to the image mean of 147/255), and there a black fill paints
+        a high-contrast wedge that no test image has. At these small angles and shifts the
+        repeated edge is a strip of a pixel or two (28 px) that continues the local intensity.
 
     Photometric (on the [0, 1] view of the image):
       brightness: max |additive shift|.
@@ -273,7 +274,8 @@ def sample_affine(images, matrices, fill_mode="nearest", fill_value=PIXEL_MIN):
         return values
 
     top_row = corner(top, left) * (1.0 - weight_x) + corner(top, left + 1.0) * weight_x
-    bottom_row = corner(top + 1.0, left) * (1.0 - weight_x) + corner(top + 1.0, left + 1.0) * weight_x
+    bottom = top + 1.0
+    bottom_row = corner(bottom, left) * (1.0 - weight_x) + corner(bottom, left + 1.0) * weight_x
     return top_row * (1.0 - weight_y) + bottom_row * weight_y
 
 
@@ -466,7 +468,9 @@ class ChestAugment(keras.layers.Layer):
         # Image statistics for contrast and erasing come from the source image, before the
         # geometry: they differ only by the edge strip, and a reduction over the resampled image
         # makes XLA on CPU recompute the gathers (6x slower at 224 px).
-        statistics = image_statistics(to_unit_range(images)) if self.config.has_photometric else None
+        statistics = None
+        if self.config.has_photometric:
+            statistics = image_statistics(to_unit_range(images))
         if self.config.has_geometry:
             images = self._random_geometry(images)
         if self.config.has_photometric:

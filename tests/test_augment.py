@@ -27,7 +27,8 @@ SIZE = 28
 
 
 def random_images(batch=8, size=SIZE, channels=1, seed=0):
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, channels)).astype("float32")
+    shape = (batch, size, size, channels)
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype("float32")
 
 
 def dot_image(size, y, x):
@@ -49,8 +50,9 @@ def fixed_matrices(batch, angle_deg=0.0, scale=1.0, shear_deg=0.0, shift_y=0.0, 
     def full(value):
         return np.full(batch, value, "float32")
 
-    return affine_matrices(full(math.radians(angle_deg)), full(scale), full(math.radians(shear_deg)),
-                           full(shift_y), full(shift_x), full(flip), size, size)
+    return affine_matrices(full(math.radians(angle_deg)), full(scale),
+                           full(math.radians(shear_deg)), full(shift_y), full(shift_x), full(flip),
+                           size, size)
 
 
 def tiny_classifier(size=SIZE, classes=14):
@@ -181,8 +183,8 @@ def test_sampler_matches_keras_image_ops(fill_mode):
     # 1. affine_transform (TF's ImageProjectiveTransformV3; not XLA-compilable, fine eagerly):
     #    its 8 numbers map output (x, y) to input (x, y).
     zeros = np.zeros(3, "float32")
-    projective = np.stack([matrices[:, 1, 1], matrices[:, 1, 0], matrices[:, 1, 2],
-                           matrices[:, 0, 1], matrices[:, 0, 0], matrices[:, 0, 2], zeros, zeros], 1)
+    (yy, yx, y0), (xy, xx, x0) = matrices[:, 0].T, matrices[:, 1].T
+    projective = np.stack([xx, xy, x0, yx, yy, y0, zeros, zeros], axis=1)
     reference = ops.image.affine_transform(images, projective, interpolation="bilinear",
                                            fill_mode=fill_mode, fill_value=-1.0)
     np.testing.assert_allclose(ours, np.asarray(reference), atol=1e-5)
@@ -344,8 +346,8 @@ def test_unknown_preset_lists_the_known_names():
 
 
 def test_invalid_config_values_are_rejected():
-    for bad in [dict(scale_range=(1.2, 0.8)), dict(erase_prob=1.5), dict(fill_mode="wrap"),
-                dict(rotation_deg=-1.0), dict(contrast=1.0)]:
+    for bad in [{"scale_range": (1.2, 0.8)}, {"erase_prob": 1.5}, {"fill_mode": "wrap"},
+                {"rotation_deg": -1.0}, {"contrast": 1.0}]:
         with pytest.raises(ValueError):
             AugmentConfig(**bad)
 

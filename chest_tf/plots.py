@@ -319,8 +319,10 @@ def plot_training_curves(history_csv: str | Path, out_path: str | Path, title: s
         ax.legend(fontsize=8)
     if lr_name is not None:
         ax = axes[len(bases)]
-        ax.plot(epochs, history[lr_name], color="C2", lw=1.4)
-        ax.set_yscale("log")
+        lr = history[lr_name]
+        ax.plot(epochs, lr, color="C2", lw=1.4, marker="o" if lr.size <= 30 else None, ms=2.5)
+        if np.all(lr[np.isfinite(lr)] > 0):  # a log axis would drop a schedule's final 0
+            ax.set_yscale("log")
         ax.set_title("learning rate")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")

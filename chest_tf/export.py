@@ -85,13 +85,10 @@ def preprocess(images, height: int, width: int, channels: int) -> tf.Tensor:
     if images.dtype != tf.uint8:
         raise TypeError(f"images must be uint8, got {images.dtype.name}")
     rank = tf.rank(images)
-    shape = tf.shape(images)
-    shape4 = tf.concat([shape, [1]], axis=0)[:4]  # [N, H, W] -> [N, H, W, 1]
-    checks = [
-        tf.debugging.Assert(tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)),
-                            ["images must be uint8 [N, H, W] or [N, H, W, C]; got rank", rank]),
-    ]
-    with tf.control_dependencies(checks):
+    rank_ok = tf.debugging.Assert(tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)),
+                                  ["images must be uint8 [N, H, W] or [N, H, W, C]; got rank", rank])
+    with tf.control_dependencies([rank_ok]):
+        shape4 = tf.concat([tf.shape(images), [1]], axis=0)[:4]  # [N, H, W] -> [N, H, W, 1]
         x = tf.reshape(images, shape4)
     x = tf.ensure_shape(x, [None, None, None, None])
     c = shape4[3]

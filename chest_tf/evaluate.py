@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from chest_tf.cli import quiet_tensorflow, run_cli
 from chest_tf.config import RunConfig
-from chest_tf.data.info import BINARY, CATALOGUE, SIZES, DatasetInfo
+from chest_tf.data.info import BINARY, CATALOGUE, MULTI_LABEL, SIZES, DatasetInfo
 from chest_tf.errors import ChestTFError, ConfigError, DataError
 
 quiet_tensorflow()
@@ -87,8 +87,10 @@ def check_model_matches(model: keras.Model, info: DatasetInfo, size: int, name: 
                           f"{_dims(expected)}{hint}")
     allowed = (1, 2) if info.task == BINARY else (info.num_outputs,)
     if k not in allowed:
-        raise ConfigError(f"{name} has {k} outputs but {info.name} ({info.task}, {info.num_labels} labels) needs "
-                          f"{info.num_outputs}; was it trained on another dataset?")
+        kind = "labels" if info.task == MULTI_LABEL else "classes"
+        needs = "1 (or 2 softmax logits)" if info.task == BINARY else str(info.num_outputs)
+        raise ConfigError(f"{name} has {k} output{'' if k == 1 else 's'} but {info.name} ({info.task}, "
+                          f"{info.num_labels} {kind}) needs {needs}; was it trained on another dataset?")
 
 
 def predict_split(model: keras.Model, handle: DatasetHandle, split: str, batch_size: int = 256) -> np.ndarray:
@@ -243,7 +245,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
         if path.suffix != ".keras":
             raise ConfigError(f"{path} is neither a run dir nor a .keras file")
         if not args.dataset:
-            raise ConfigError(f"--dataset is required with a .keras file (e.g. --dataset pneumoniamnist)")
+            raise ConfigError("--dataset is required with a .keras file (e.g. --dataset pneumoniamnist)")
         target = Target(
             model_path=path, dataset=args.dataset, size=args.size, data_dir=args.data_dir,
             records_dir=args.records_dir, npz=args.npz,

@@ -25,8 +25,9 @@ at the file's own size (resizing to the model belongs to the model's serving fun
 
 Guards: an empty file, a file no decoder recognises, a truncated or corrupt file, a format other
 than PNG/JPEG/DICOM, and a header announcing more than ``max_pixels`` pixels (a decompression
-bomb: checked on the header, before any pixel is decoded) each raise ``ImageReadError`` with a
-one-line message that names the file.
+bomb: checked on the header, before any pixel is decoded; Pillow's own guard also refuses more
+than 2 x ``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP, whatever ``max_pixels`` says) each raise
+``ImageReadError`` with a one-line message that names the file.
 """
 from __future__ import annotations
 
@@ -113,8 +114,9 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
                 return _pil_to_array(im)
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{path}: image too large ({exc})") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS)
+        detail = str(exc).split(",")[0]
+        raise ImageReadError(f"{path}: image size exceeds the limit of Pillow's decompression bomb guard ({detail})") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a PNG, JPEG or DICOM image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

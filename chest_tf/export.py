@@ -251,6 +251,8 @@ def build_metadata(
     if metrics and isinstance(metrics.get("thresholds"), dict) and metrics["thresholds"].get("values") is not None:
         t = metrics["thresholds"]
         values = [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v) for v in t["values"]]
+        if info.task == BINARY and num_outputs == 2 and len(values) == 1:
+            values = [None, values[0]]  # metrics.py thresholds the positive-class column only
         if len(values) != num_outputs:
             raise ConfigError(f"metrics.json has {len(values)} thresholds for a model with {num_outputs} outputs")
         thresholds = {"method": t.get("method"), "target": t.get("target"), "chosen_on": t.get("chosen_on", "val"),
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = read_metadata(out)
     t = meta["thresholds"]
     print(f"exported {out}: {meta['arch']} on {meta['dataset']} {meta['input']['height']} px, "
-          f"{len(meta['output_names'])} outputs, thresholds {t['method']}"
+          f"{len(meta['output_names'])} output(s), thresholds {t['method']}"
           f"{' (chosen on ' + t['chosen_on'] + ')' if t.get('chosen_on') else ''}")
     print(f"  serve / serving_default: images uint8 [N,H,W] or [N,H,W,C] -> logits, probs; "
           f"metadata {out / METADATA_PATH}; Keras model {out / KERAS_FILENAME}")

@@ -413,6 +413,7 @@ def bench(arch: str = "resnet18", images: int = 64, image_size: int = 1024, mode
         t0 = time.perf_counter()
         write_bench_images(tmp / "images", images, image_size)
         t_write = time.perf_counter() - t0
+        mean_kib = sum(p.stat().st_size for p in (tmp / "images").iterdir()) / images / 1024
         info = get_info("chestmnist")
         model = build_model(arch, input_shape=(model_size, model_size, info.n_channels), num_classes=info.num_outputs)
         metadata = export.build_metadata(model, info, arch=arch, source={"bench": "untrained"})
@@ -453,14 +454,14 @@ def bench(arch: str = "resnet18", images: int = 64, image_size: int = 1024, mode
     serial = t_decode + t_serve
     result = {
         "arch": arch, "model_size": model_size, "images": images, "image_size": image_size, "batch_size": batch_size,
-        "decode_workers": workers, "images_per_second": images / t_end, "end_to_end_seconds": t_end,
+        "decode_workers": workers, "mean_png_kib": mean_kib, "images_per_second": images / t_end, "end_to_end_seconds": t_end,
         "serial": {"decode_seconds": t_decode, "serve_seconds": t_serve, "preprocess_seconds": t_pre,
                    "decode_share": t_decode / serial, "model_share": (t_serve - t_pre) / serial,
                    "resize_normalise_share": t_pre / serial},
         "setup": {"write_pngs_seconds": t_write, "export_seconds": t_export, "first_batch_seconds": t_warm},
     }
     s = result["serial"]
-    print(f"predict bench: {images} x {image_size}x{image_size} 8-bit gray PNGs -> {arch} at {model_size} px "
+    print(f"predict bench: {images} x {image_size}x{image_size} 8-bit gray PNGs ({mean_kib:.0f} KiB each) -> {arch} at {model_size} px "
           f"(untrained, exported SavedModel), batch {batch_size}, {workers} decode thread(s)\n"
           f"  end to end: {result['images_per_second']:.1f} images/s ({t_end:.2f} s)\n"
           f"  serial time split: decode {s['decode_share']:.0%} ({t_decode / images * 1e3:.1f} ms/image), "

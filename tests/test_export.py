@@ -247,3 +247,11 @@ def test_metadata_for_other_tasks(dataset, outputs, names, activation):
     assert meta["output_names"] == names and meta["activation"] == activation
     assert meta["thresholds"]["method"] == "default" and meta["thresholds"]["values"] == [0.5] * outputs
     json.dumps(meta)  # plain JSON
+
+
+def test_metadata_two_logit_binary_keeps_the_positive_class_threshold():
+    fake = SimpleNamespace(input_shape=(None, 28, 28, 1), output_shape=(None, 2))
+    metrics = {"thresholds": {"method": "youden", "chosen_on": "val", "values": [0.3]}}
+    meta = export.build_metadata(fake, get_info("pneumoniamnist"), metrics=metrics)
+    assert meta["output_names"] == ["normal", "pneumonia"] and meta["activation"] == "softmax"
+    assert meta["thresholds"]["values"] == [None, 0.3]

@@ -95,12 +95,97 @@ CHESTMNIST_PREVALENCE = {
 # they look the same at every output size.
 _MOTTLE_GRID = 20   # patchy/mottled texture of airspace disease, reticulation warp
 _HABITUS_GRID = 5   # slow soft-tissue variation (breasts, body habitus, scatter)
-_PIXEL_BUDGET = 1 << 21  # pixels per internal render batch: bounds memory (~8 MB per field)
+_HAZE_GRID = 4      # slow variation of normal lung density
+# Pixels per internal render batch: fields of ~0.5 MB stay in cache, which is faster than
+# big arrays, and memory stays small whatever the chunk.
+_PIXEL_BUDGET = 1 << 17
 
 
 # ============================================================================================
-# Random draws (one generator per image)
+# Random draws: one generator per image, one vector of uniforms mapped onto parameter ranges
 # ============================================================================================
+
+# Normal anatomy and exposure: (low, high) of a uniform draw per image. "_0"/"_1" suffixes are
+# the patient's right (image left) and left (image right).
+ANATOMY_RANGES = {
+    # pose: anatomical -> image coordinates is scale, rotate, shift. Generous, like real films,
+    # so that no fixed pixel sits on the same anatomy in every image.
+    "scale": (0.84, 1.08), "aspect_x": (0.95, 1.05), "aspect_y": (0.95, 1.05),
+    "shift_x": (-0.11, 0.11), "shift_y": (-0.09, 0.11), "rotation": (-0.12, 0.12),
+    # lungs: egg-shaped outlines widest at the bases
+    "lung_cx_0": (0.31, 0.35), "lung_cx_1": (0.31, 0.35), "lung_ax_0": (0.47, 0.53),
+    "lung_ax_1": (0.45, 0.51), "lung_cy": (0.22, 0.28), "lung_ay": (0.94, 1.02),
+    "lung_medial_0": (0.08, 0.10), "lung_medial_1": (0.07, 0.09),
+    "lucency": (0.45, 0.75),         # how dark aerated lung is (habitus, kV, inspiration)
+    "lung_haze": (0.0, 0.16),        # patchy normal variation of lung density
+    # diaphragm: the right dome sits higher than the left; depth of inspiration varies
+    "dome_top_0": (0.33, 0.47), "dome_drop_1": (0.02, 0.08), "dome_peak": (0.32, 0.42),
+    "dome_curve": (0.75, 1.05),
+    # heart (cardiothoracic ratio about 0.40-0.47) and mediastinum
+    "heart_cx": (0.07, 0.15), "heart_cy": (0.31, 0.41), "heart_hw": (0.31, 0.39),
+    "heart_hh": (0.22, 0.26), "heart_tilt": (0.3, 0.5), "knob_r": (0.05, 0.07),
+    # bones
+    "rib_spacing": (0.125, 0.145), "rib_phase": (0.0, 1.0), "rib_curve": (0.75, 0.95),
+    "rib_density": (0.09, 0.14), "clavicle_y": (-0.72, -0.64), "clavicle_slope": (-0.30, -0.18),
+    # hila and vessels
+    "hilum_y_0": (-0.10, -0.04), "hilum_y_1": (-0.14, -0.08), "hilum_size": (0.006, 0.012),
+    "vessel_phase": (0.0, 6.283), "vessel_density": (0.08, 0.22),
+    # stomach gas under the left dome, in about half the films
+    "gastric_present": (0.0, 1.0), "gastric_r": (0.03, 0.07), "gastric_x": (0.30, 0.50),
+    # soft tissue and film
+    "soft_density": (0.92, 1.06), "habitus_amp": (0.03, 0.08),
+    "gain": (0.52, 0.68), "level": (0.42, 0.58), "gamma": (0.85, 1.15), "noise_sd": (0.010, 0.025),
+}
+
+# Shape of every finding, drawn for every image (present or not: a fixed number of draws).
+# Side-like entries are uniforms compared with a threshold where they are used.
+FINDING_RANGES = {
+    # atelectasis: plate-like band, raised hemidiaphragm, mediastinum pulled towards it
+    "atel_side": (0, 1), "atel_xm": (0.35, 0.55), "atel_above_dome": (0.10, 0.24),
+    "atel_len": (0.24, 0.36), "atel_thick": (0.045, 0.065), "atel_tilt": (-0.35, 0.15),
+    "atel_raise": (0.04, 0.10), "atel_shift": (0.02, 0.04),
+    # cardiomegaly: cardiothoracic ratio well above 0.5
+    "cardio_widen": (1.22, 1.5), "cardio_heighten": (1.05, 1.2), "cardio_shift": (-0.02, 0.08),
+    # effusion: side(s), fluid height, meniscus
+    "eff_mode": (0, 1), "eff_h_0": (0.12, 0.28), "eff_h_1": (0.12, 0.28), "eff_meniscus": (0.35, 0.6),
+    # infiltration: 1-3 hazy patches
+    "inf_count": (0, 1),
+    **{f"inf_{k}_{q}": r for k in range(3) for q, r in (
+        ("side", (0, 1)), ("xm", (0.3, 0.65)), ("y", (-0.5, 0.25)), ("r", (0.12, 0.20)),
+        ("amp", (0.35, 0.55)))},
+    # mass: one large round lobulated opacity
+    "mass_side": (0, 1), "mass_xm": (0.32, 0.60), "mass_y": (-0.45, 0.18), "mass_r": (0.10, 0.15),
+    "mass_lobes": (0.0, 0.12), "mass_phase": (0.0, 6.283),
+    # nodules: one or two small dense round opacities
+    "nod_count": (0, 1),
+    **{f"nod_{k}_{q}": r for k in range(2) for q, r in (
+        ("side", (0, 1)), ("xm", (0.25, 0.65)), ("y", (-0.55, 0.25)), ("r", (0.045, 0.065)))},
+    # pneumonia: mottled patch in a mid/lower zone, sometimes both lungs
+    "pna_side": (0, 1), "pna_bilateral": (0, 1), "pna_xm": (0.28, 0.65), "pna_y": (-0.38, 0.3),
+    "pna_r": (0.14, 0.22), "pna_amp": (0.7, 1.0),
+    # pneumothorax: apical-lateral rim of air beyond a visible visceral pleural line
+    "ptx_side": (0, 1), "ptx_depth": (0.11, 0.19), "ptx_line": (0.25, 0.4),
+    # consolidation: dense homogeneous opacity with a sharp fissural edge
+    "cons_side": (0, 1), "cons_lower": (0, 1), "cons_xm": (0.32, 0.62),
+    "cons_fissure": (-0.25, 0.1), "cons_r": (0.22, 0.30), "cons_amp": (0.9, 1.05),
+    # edema: bilateral perihilar (bat-wing) haze and Kerley B lines
+    "edema_amp": (0.18, 0.34), "edema_spread": (0.18, 0.30),
+    # emphysema: hyperinflation, flat low domes, hyperlucency, bullae
+    "emph_drop": (0.04, 0.09), "emph_flatten": (0.15, 0.35), "emph_lucency": (1.1, 1.3),
+    "emph_bulla_side": (0, 1), "emph_bulla_xm": (0.35, 0.6), "emph_bulla_y": (-0.55, -0.3),
+    "emph_bulla_r": (0.07, 0.11),
+    # fibrosis: coarse reticulation (honeycombing), basal and peripheral or upper zone
+    "fib_spacing": (0.12, 0.16), "fib_angle": (0.0, 1.57), "fib_amp": (0.6, 0.8),
+    "fib_upper": (0, 1), "fib_raise": (0.02, 0.05),
+    # pleural thickening: smooth rim along the lateral chest wall and apex
+    "pl_mode": (0, 1), "pl_thick": (0.05, 0.08), "pl_low": (0.0, 0.3),
+    # hernia: retrocardiac gas bubble with an air-fluid level, just above the diaphragm
+    "hernia_x": (-0.02, 0.16), "hernia_r": (0.08, 0.12), "hernia_level": (-0.2, 0.3),
+}
+_RANGES = {**ANATOMY_RANGES, **FINDING_RANGES}
+_RANGE_LOW = np.array([lo for lo, _ in _RANGES.values()], np.float64)
+_RANGE_SPAN = np.array([hi - lo for lo, hi in _RANGES.values()], np.float64)
+
 
 def _split_key(split: str) -> int:
     # crc32, not hash(): stable across processes and Python versions.
@@ -126,279 +211,222 @@ def draw_labels(rng: np.random.Generator) -> np.ndarray:
     return labels
 
 
-def draw_anatomy(rng: np.random.Generator) -> dict:
-    """Per-image variation of the normal chest: pose, body build, organ sizes, exposure."""
-    u = rng.uniform
-    scale = u(0.90, 1.04)
+def draw_case(rng: np.random.Generator, size: int) -> dict:
+    """Everything random about one image, in a fixed order: labels, shape parameters (as
+    uniforms), texture grids, then pixel noise (the only draw that depends on the size)."""
     return {
-        # pose: anatomical coords -> image coords is scale, rotate, shift
-        "scale_x": scale * u(0.95, 1.05), "scale_y": scale * u(0.95, 1.05),
-        "shift_x": u(-0.06, 0.06), "shift_y": u(-0.05, 0.06), "rotation": u(-0.09, 0.09),
-        # lungs (side 0 = patient's right = image left; side 1 = patient's left)
-        "lung_cx0": u(0.31, 0.35), "lung_cx1": u(0.31, 0.35),
-        "lung_ax0": u(0.47, 0.53), "lung_ax1": u(0.45, 0.51),
-        "lung_cy": u(0.22, 0.28), "lung_ay": u(0.94, 1.02),
-        "lung_medial0": u(0.08, 0.10), "lung_medial1": u(0.07, 0.09),
-        "lucency": u(0.56, 0.68),
-        # diaphragm: the right dome sits higher than the left
-        "dome_top0": u(0.36, 0.44), "dome_drop1": u(0.02, 0.08), "dome_peak": u(0.32, 0.42),
-        "dome_curve": u(0.75, 1.05),
-        # heart and mediastinum
-        "heart_cx": u(0.09, 0.14), "heart_cy": u(0.33, 0.39), "heart_hw": u(0.33, 0.37),
-        "heart_hh": u(0.22, 0.26), "heart_tilt": u(0.3, 0.5), "knob_r": u(0.05, 0.07),
-        # bones
-        "rib_spacing": u(0.125, 0.145), "rib_phase": u(0, 1), "rib_curve": u(0.75, 0.95),
-        "rib_density": u(0.09, 0.14), "clavicle_y": u(-0.72, -0.64), "clavicle_slope": u(-0.30, -0.18),
-        # vessels and hila
-        "hilum_y0": u(-0.10, -0.04), "hilum_y1": u(-0.14, -0.08), "vessel_phase": u(0, 6.3),
-        "vessel_density": u(0.16, 0.24),
-        # stomach gas under the left dome (present in about half the films)
-        "gastric_r": u(0.03, 0.07) * (u(0, 1) < 0.5), "gastric_x": u(0.30, 0.50),
-        # soft tissue and exposure
-        "soft_density": u(0.92, 1.06), "habitus_amp": u(0.02, 0.06),
-        "gain": u(0.52, 0.68), "level": u(0.44, 0.56), "gamma": u(0.85, 1.15),
-        "noise_sd": u(0.010, 0.025),
+        "labels": draw_labels(rng),
+        "uniforms": rng.random(len(_RANGES)),
+        "mottle": rng.standard_normal((_MOTTLE_GRID, _MOTTLE_GRID), dtype=np.float32),
+        "habitus": rng.standard_normal((_HABITUS_GRID, _HABITUS_GRID), dtype=np.float32),
+        "haze": rng.standard_normal((_HAZE_GRID, _HAZE_GRID), dtype=np.float32),
+        "noise": rng.standard_normal((size, size), dtype=np.float32),
     }
 
 
-def _side(rng) -> float:
-    return float(rng.random() < 0.5)
-
-
-def draw_finding_params(rng: np.random.Generator) -> dict:
-    """Shape parameters of every finding, drawn whether or not it is present (a fixed number of
-    draws keeps each image's stream simple); only present findings are drawn into the image."""
-    u = rng.uniform
-    p = {
-        # atelectasis: plate-like band, raised hemidiaphragm, mediastinum pulled towards it
-        "atel_side": _side(rng), "atel_xm": u(0.35, 0.55), "atel_above_dome": u(0.10, 0.24),
-        "atel_len": u(0.24, 0.36), "atel_thick": u(0.045, 0.065), "atel_tilt": u(-0.35, 0.15),
-        "atel_raise": u(0.06, 0.12), "atel_shift": u(0.02, 0.04),
-        # cardiomegaly: cardiothoracic ratio well above 0.5
-        "cardio_widen": u(1.32, 1.55), "cardio_heighten": u(1.05, 1.2),
-        # effusion: which side(s), fluid height, meniscus
-        "eff_mode": u(0, 1), "eff_h0": u(0.16, 0.32), "eff_h1": u(0.16, 0.32),
-        "eff_meniscus": u(0.35, 0.6),
-        # infiltration: 1-3 hazy ill-defined patches
-        "inf_count": u(0, 1),
-        # mass and nodules: round opacities in a lung field
-        "mass_side": _side(rng), "mass_xm": u(0.32, 0.60), "mass_y": u(-0.45, 0.18),
-        "mass_r": u(0.10, 0.15), "mass_lobes": u(0.0, 0.12), "mass_phase": u(0, 6.3),
-        "nod_count": u(0, 1),
-        # pneumonia: mottled patch in a mid/lower zone
-        "pna_side": _side(rng), "pna_bilateral": u(0, 1), "pna_xm": u(0.36, 0.58),
-        "pna_y": u(-0.15, 0.25), "pna_r": u(0.16, 0.22), "pna_amp": u(0.75, 1.0),
-        # pneumothorax: apical-lateral rim of air beyond a visible visceral pleural line
-        "ptx_side": _side(rng), "ptx_depth": u(0.11, 0.19), "ptx_line": u(0.25, 0.4),
-        # consolidation: dense homogeneous opacity with a sharp fissural edge
-        "cons_side": _side(rng), "cons_lower": u(0, 1), "cons_xm": u(0.38, 0.58),
-        "cons_fissure": u(-0.15, 0.05), "cons_r": u(0.22, 0.30), "cons_amp": u(0.9, 1.05),
-        # edema: bilateral perihilar (bat-wing) haze and Kerley lines
-        "edema_amp": u(0.45, 0.65), "edema_spread": u(0.22, 0.30),
-        # emphysema: hyperinflation, flat low domes, hyperlucency, bullae
-        "emph_drop": u(0.10, 0.16), "emph_flatten": u(0.15, 0.35), "emph_lucency": u(1.35, 1.55),
-        "emph_bulla_side": _side(rng), "emph_bulla_xm": u(0.35, 0.6), "emph_bulla_y": u(-0.55, -0.3),
-        "emph_bulla_r": u(0.07, 0.11),
-        # fibrosis: coarse reticulation, basal and peripheral (or upper zones), volume loss
-        "fib_spacing": u(0.12, 0.16), "fib_angle": u(0, 1.57), "fib_amp": u(0.6, 0.8),
-        "fib_upper": u(0, 1), "fib_raise": u(0.02, 0.05),
-        # pleural thickening: a smooth rim along the lateral chest wall and apex
-        "pl_mode": u(0, 1), "pl_thick": u(0.05, 0.08), "pl_low": u(0.0, 0.3),
-        # hernia: retrocardiac gas bubble with an air-fluid level, just above the diaphragm
-        "hernia_x": u(0.02, 0.16), "hernia_r": u(0.08, 0.12), "hernia_level": u(-0.2, 0.3),
-    }
-    for k in range(3):  # infiltration patches
-        p |= {f"inf_side{k}": _side(rng), f"inf_xm{k}": u(0.3, 0.65), f"inf_y{k}": u(-0.5, 0.25),
-              f"inf_r{k}": u(0.12, 0.20), f"inf_amp{k}": u(0.30, 0.45)}
-    for k in range(2):  # nodules
-        p |= {f"nod_side{k}": _side(rng), f"nod_xm{k}": u(0.25, 0.65), f"nod_y{k}": u(-0.55, 0.25),
-              f"nod_r{k}": u(0.045, 0.065)}
+def stack_cases(cases: list[dict]) -> dict:
+    """Cases -> one dict of per-image arrays: parameters by name (B,), grids (B, g, g)."""
+    p = {key: np.stack([c[key] for c in cases]) for key in cases[0] if key != "uniforms"}
+    values = (_RANGE_LOW + _RANGE_SPAN * np.stack([c["uniforms"] for c in cases])).astype(np.float32)
+    p |= {name: values[:, j] for j, name in enumerate(_RANGES)}
     return p
 
 
-def draw_case(rng: np.random.Generator, size: int) -> dict:
-    """Everything random about one image, in a fixed order: labels, anatomy, finding shapes,
-    texture grids, then pixel noise (the only draw that depends on the size)."""
-    case = {"labels": draw_labels(rng)}
-    case |= draw_anatomy(rng)
-    case |= draw_finding_params(rng)
-    case["mottle"] = rng.standard_normal((_MOTTLE_GRID, _MOTTLE_GRID)).astype(np.float32)
-    case["habitus"] = rng.standard_normal((_HABITUS_GRID, _HABITUS_GRID)).astype(np.float32)
-    case["noise"] = rng.standard_normal((size, size), dtype=np.float32)
-    return case
-
-
-def _stack_cases(cases: list[dict]) -> dict:
-    return {key: np.stack([np.asarray(c[key]) for c in cases]).astype(
-        np.uint8 if key == "labels" else np.float32) for key in cases[0]}
-
-
 # ============================================================================================
-# Geometry helpers
+# Field helpers. Fields are float32 (B, H, W); per-image parameters broadcast as (B, 1, 1).
 # ============================================================================================
-
-def _smoothstep(x, lo, hi):
-    """0 below lo, 1 above hi, smooth in between (lo > hi gives the falling version)."""
-    t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
 
 def _col(values):
-    """(B,) parameters -> (B, 1, 1), to broadcast over a batch of (B, H, W) fields."""
+    """(B,) parameters -> (B, 1, 1), to broadcast over a batch of fields."""
     return np.asarray(values, np.float32)[:, None, None]
 
 
-def _upsample_weights(grid: int, size: int) -> np.ndarray:
-    """(size, grid) weights that smoothly interpolate a coarse grid to ``size`` samples."""
+def _ramp(x, lo, hi):
+    """0 at lo, 1 at hi, linear in between (lo > hi gives the falling version). Cheaper than a
+    smoothstep, and edges are only a pixel or two wide anyway."""
+    t = x - lo
+    t *= 1.0 / (hi - lo)
+    return np.clip(t, 0.0, 1.0, out=t)
+
+
+def _upsample_taps(grid: int, size: int):
+    """For each of ``size`` output samples, the 4 coarse-grid indices and cubic B-spline weights
+    that smooth a random grid into a field (weights scaled to keep unit variance everywhere)."""
     pos = (np.arange(size, dtype=np.float64) + 0.5) / size * (grid - 1)
-    w = np.exp(-(((pos[:, None] - np.arange(grid)[None, :]) / 0.75) ** 2))
-    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+    base = np.floor(pos).astype(int)
+    frac = pos - base
+    weights = np.stack([(1 - frac) ** 3, 3 * frac ** 3 - 6 * frac ** 2 + 4,
+                        -3 * frac ** 3 + 3 * frac ** 2 + 3 * frac + 1, frac ** 3]) / 6.0
+    weights /= np.sqrt((weights ** 2).sum(axis=0, keepdims=True))
+    taps = np.clip(base[None, :] + np.arange(-1, 3)[:, None], 0, grid - 1)
+    return taps, weights.astype(np.float32)
 
 
 def _upsample(grids: np.ndarray, size: int) -> np.ndarray:
-    """(B, g, g) coarse random grids -> (B, size, size) smooth fields, one image at a time (a
-    per-image matmul keeps each image's result independent of the batch it is in)."""
-    w = _upsample_weights(grids.shape[1], size)
-    return np.stack([w @ g @ w.T for g in grids]).astype(np.float32)
+    """(B, g, g) coarse random grids (unit normal) -> (B, size, size) smooth unit-variance
+    fields. Elementwise sums (no BLAS), so each image's field is the same in any batch."""
+    taps, weights = _upsample_taps(grids.shape[1], size)
+    rows = sum(grids[:, t, :] * w[None, :, None] for t, w in zip(taps, weights))
+    out = rows[:, :, taps[0]] * weights[0]
+    for t, w in zip(taps[1:], weights[1:]):
+        out += rows[:, :, t] * w
+    return out
+
+
+def _signed_x(side, xm):
+    """Anatomical x of a point ``xm`` from the midline on a side (side >= 0.5: patient's left)."""
+    return np.where(np.asarray(side) >= 0.5, xm, -np.asarray(xm)).astype(np.float32)
+
+
+def _disc(x, y, cx, cy, r, edge=0.15):
+    """Round opacity of radius r with an edge ``edge * r`` wide."""
+    d2 = ((x - cx) ** 2 + (y - cy) ** 2) / (r * r)
+    return _ramp(d2, (1.0 + edge) ** 2, (1.0 - edge) ** 2)
+
+
+def _gauss(x, y, cx, cy, r):
+    return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (r * r))
 
 
 class Frame:
-    """Pixel grids of one render batch in anatomical coordinates, and the normal anatomy's
-    shared fields (lung masks, distances to the lung edges), which findings draw into."""
+    """One render batch: pixel grids in anatomical coordinates, the per-image parameters, and
+    the normal anatomy's shared fields that findings draw against."""
 
     def __init__(self, p: dict, render: int):
         self.p, self.render = p, render
-        c = (np.arange(render, dtype=np.float32) + 0.5) / render * 2.0 - 1.0
+        c = (np.arange(render, dtype=np.float32) + 0.5) * (2.0 / render) - 1.0
         dx = c[None, None, :] - _col(p["shift_x"])
         dy = c[None, :, None] - _col(p["shift_y"])
         cos, sin = _col(np.cos(p["rotation"])), _col(np.sin(p["rotation"]))
-        self.x = (cos * dx + sin * dy) / _col(p["scale_x"])
-        self.y = (-sin * dx + cos * dy) / _col(p["scale_y"])
+        sx, sy = _col(p["scale"] * p["aspect_x"]), _col(p["scale"] * p["aspect_y"])
+        self.x = (cos / sx) * dx + (sin / sx) * dy
+        self.y = (cos / sy) * dy - (sin / sy) * dx
         self.on_left = self.x > 0          # patient's left = image right
-        self.xm = np.abs(self.x)           # distance from the midline, mirrored for both sides
+        self.xm = np.abs(self.x)           # distance from the midline, the same on both sides
 
-    def by_side(self, right_values, left_values, idx=None):
-        """Per-pixel choice of a per-image parameter according to the pixel's side."""
-        side = self.on_left if idx is None else self.on_left[idx]
-        return np.where(side, _col(left_values), _col(right_values))
+    def by_side(self, name, idx=None):
+        """Per-pixel value of a two-sided parameter (``name_0`` right, ``name_1`` left)."""
+        right, left = self.p[name + "_0"], self.p[name + "_1"]
+        side = self.on_left
+        if idx is not None:
+            right, left, side = right[idx], left[idx], side[idx]
+        return np.where(side, _col(left), _col(right))
 
-    def sub(self, name, idx):
-        return getattr(self, name)[idx]
+    def at(self, idx, *names):
+        """Fields (or per-image parameters as (b,1,1)) restricted to the images ``idx``."""
+        out = []
+        for name in names:
+            out.append(getattr(self, name)[idx] if hasattr(self, name) else _col(self.p[name][idx]))
+        return out if len(out) > 1 else out[0]
 
 
 # ============================================================================================
 # Normal anatomy
 # ============================================================================================
 
-def dome_height(fr: Frame, xm):
-    """y of the diaphragm under each pixel column: a parabola per side, peaking mid-lung."""
-    p = fr.p
-    top = fr.by_side(p["dome_top0"], p["dome_top1"])
-    return top + _col(p["dome_curve"]) * (xm - _col(p["dome_peak"])) ** 2
-
-
 def draw_thorax(fr: Frame) -> np.ndarray:
-    """Soft tissue of the neck, shoulders, chest wall and abdomen (thicker in the middle)."""
-    p, x, y, xm = fr.p, fr.x, fr.y, fr.xm
-    shoulder_line = -0.98 + 0.30 * np.clip(xm / 0.92, 0, 1) ** 3
-    body = _smoothstep(0.95 - xm, 0.0, 0.03) * _smoothstep(y - shoulder_line, 0.0, 0.05)
-    neck = _smoothstep(0.22 - xm, 0.0, 0.04) * (y < -0.8)
-    body = np.maximum(body, neck)
-    thickness = 0.82 + 0.18 * (1.0 - np.clip(x / 0.95, -1, 1) ** 2)
-    return body * thickness * _col(p["soft_density"])
+    """Soft tissue of the neck, shoulders, chest wall and abdomen, thicker in the middle."""
+    x, y, xm = fr.x, fr.y, fr.xm
+    shoulder_line = np.minimum(xm, 0.92) ** 3 * 0.39 - 0.98
+    body = _ramp(np.minimum(0.95 - xm, y - shoulder_line), -0.015, 0.015)
+    thickness = 1.0 - 0.2 * x * x
+    return body * thickness * _col(fr.p["soft_density"])
 
 
 def lung_fields(fr: Frame):
     """Both lungs: egg-shaped outlines (widest at the costophrenic angles), cut medially by the
     mediastinum and below by the domes. Returns (alpha, distance to the outer edge, dome y)."""
     p, xm, y = fr.p, fr.xm, fr.y
-    cx = fr.by_side(p["lung_cx0"], p["lung_cx1"])
-    ax = fr.by_side(p["lung_ax0"], p["lung_ax1"])
-    r = np.sqrt(((xm - cx) / ax) ** 2 + ((y - _col(p["lung_cy"])) / _col(p["lung_ay"])) ** 2)
-    outer = (1.0 - r) * ax                                  # ~distance to the lateral/apical edge
-    dome = dome_height(fr, xm)
-    medial = xm - fr.by_side(p["lung_medial0"], p["lung_medial1"])
-    margin = np.minimum(np.minimum(outer, dome - y), medial)
-    return _smoothstep(margin, -0.008, 0.012), outer, dome
+    ax = fr.by_side("lung_ax")
+    r2 = ((xm - fr.by_side("lung_cx")) / ax) ** 2 + ((y - _col(p["lung_cy"])) / _col(p["lung_ay"])) ** 2
+    outer = (1.0 - np.sqrt(r2)) * ax                  # ~distance to the lateral/apical edge
+    dome = fr.by_side("dome_top") + _col(p["dome_curve"]) * (xm - _col(p["dome_peak"])) ** 2
+    margin = np.minimum(np.minimum(outer, dome - y), xm - fr.by_side("lung_medial"))
+    return _ramp(margin, -0.008, 0.012), outer, dome
 
 
 def draw_heart(fr: Frame) -> np.ndarray:
-    """Heart shadow: a tilted ellipse right of centre (apex to the patient's left), sitting on
-    the diaphragm, plus the aortic knob above it."""
+    """Heart shadow: a tilted ellipse right of the image centre (apex to the patient's left),
+    sitting on the diaphragm, with the aortic knob bulging the mediastinum above it."""
     p = fr.p
     dx, dy = fr.x - _col(p["heart_cx"]), fr.y - _col(p["heart_cy"])
     cos, sin = _col(np.cos(p["heart_tilt"])), _col(np.sin(p["heart_tilt"]))
-    u, v = cos * dx + sin * dy, -sin * dx + cos * dy
-    r = np.sqrt((u / _col(p["heart_hw"])) ** 2 + (v / _col(p["heart_hh"])) ** 2)
-    heart = _smoothstep(r, 1.06, 0.9)
-    # the aortic knob: a bulge of the left mediastinal border, not a separate round shadow
-    knob_d = np.sqrt((fr.x - 0.07 - _col(p["mediastinal_shift"])) ** 2 + ((fr.y + 0.36) * 0.7) ** 2)
-    knob = _smoothstep(knob_d / _col(p["knob_r"] + 0.03), 1.1, 0.7)
-    return np.maximum(heart, knob)
+    u = (cos * dx + sin * dy) / _col(p["heart_hw"])
+    v = (cos * dy - sin * dx) / _col(p["heart_hh"])
+    heart = _ramp(u * u + v * v, 1.12, 0.85)
+    knob_x = fr.x - 0.05 - _col(p["mediastinal_shift"])
+    knob_y = (fr.y + 0.36) * 0.8
+    knob = _ramp((knob_x * knob_x + knob_y * knob_y) / _col(p["knob_r"] + 0.02) ** 2, 1.3, 0.6)
+    return np.maximum(heart, knob, out=heart)
 
 
 def draw_trachea(fr: Frame) -> np.ndarray:
     """Air column of the trachea (lucent) down to the carina, following the mediastinum."""
     d = np.abs(fr.x - _col(fr.p["mediastinal_shift"]))
-    return _smoothstep(d, 0.035, 0.02) * _smoothstep(fr.y, -0.22, -0.32)
+    return _ramp(d, 0.035, 0.02) * _ramp(fr.y, -0.22, -0.32)
 
 
 def draw_spine(fr: Frame) -> np.ndarray:
     """Vertebral column through the mediastinum, with faint disc spaces."""
-    band = _smoothstep(fr.xm, 0.065, 0.04)
-    discs = 0.8 + 0.2 * np.cos(fr.y * (2 * np.pi / 0.105))
-    return band * discs * 0.22
+    discs = np.cos(fr.y * np.float32(2 * np.pi / 0.105))
+    discs *= 0.045
+    discs += 0.18
+    return _ramp(fr.xm, 0.065, 0.04) * discs
 
 
 def draw_ribs(fr: Frame) -> np.ndarray:
     """Posterior ribs: bright bands rising gently from the spine and curving down laterally,
     spaced a little wider lower down; faint anterior ribs slope the other way."""
     p, xm, y = fr.p, fr.xm, fr.y
-    course = -0.36 * xm + _col(p["rib_curve"]) * xm * xm
-    t = np.maximum(y - course + 1.0, 0.0) ** 0.92 / _col(p["rib_spacing"]) + _col(p["rib_phase"])
-    wave = np.cos(2 * np.pi * t)
-    # a rib shows as a band with brighter cortical margins
-    posterior = np.clip((wave - 0.2) / 0.8, 0, 1) ** 0.5 * (1.0 - 0.35 * np.clip((wave - 0.75) / 0.25, 0, 1))
-    anterior_t = (y + 0.38 * xm + 1.0) / (_col(p["rib_spacing"]) * 1.3)
-    anterior = np.clip((np.cos(2 * np.pi * anterior_t) - 0.3) / 0.7, 0, 1) * 0.35
-    cage = (_smoothstep(xm, 0.92, 0.8) * _smoothstep(xm, 0.04, 0.09)
-            * _smoothstep(y, -0.9, -0.8) * _smoothstep(y, 0.75, 0.6))
-    return (posterior + anterior * _smoothstep(xm, 0.15, 0.35)) * cage * _col(p["rib_density"])
+    course = xm * (_col(p["rib_curve"]) * xm - 0.36)
+    t = (y - course + 1.0) * (1.0 - 0.05 * y) / _col(p["rib_spacing"]) + _col(p["rib_phase"])
+    posterior = np.sqrt(np.clip(np.cos(t * np.float32(2 * np.pi)) - 0.2, 0.0, None))
+    anterior = np.clip(np.cos((y + 0.38 * xm) * (np.float32(2 * np.pi / 1.3) / _col(p["rib_spacing"]))) - 0.3, 0.0, None)
+    anterior *= _ramp(xm, 0.15, 0.35)
+    posterior += 0.35 * anterior
+    cage = _ramp(np.minimum(np.minimum(0.92 - xm, xm - 0.04), np.minimum(y + 0.9, 0.75 - y)), 0.0, 0.08)
+    return posterior * cage * _col(p["rib_density"])
 
 
 def draw_clavicles(fr: Frame) -> np.ndarray:
-    """Clavicles: oblique S-shaped bands from the sternal notch out to the shoulders."""
+    """Clavicles: oblique gently curved bands from the sternal notch out to the shoulders."""
     p, xm = fr.p, fr.xm
     centre = _col(p["clavicle_y"]) + _col(p["clavicle_slope"]) * (xm - 0.07) + 0.12 * (xm - 0.35) ** 2
-    band = _smoothstep(np.abs(fr.y - centre), 0.035, 0.018)
-    return band * _smoothstep(xm, 0.05, 0.09) * _smoothstep(xm, 0.72, 0.62) * 0.24
+    band = _ramp(np.abs(fr.y - centre), 0.035, 0.02)
+    return band * _ramp(np.minimum(xm - 0.05, 0.7 - xm), 0.0, 0.05) * 0.24
 
 
 def draw_vessels(fr: Frame, mottle: np.ndarray) -> np.ndarray:
     """Hila and the pulmonary vessels fanning out from them, fading towards the periphery."""
-    p, xm, y = fr.p, fr.xm, fr.y
-    dx = xm - 0.2
-    dy = y - fr.by_side(p["hilum_y0"], p["hilum_y1"])
+    p = fr.p
+    dx = fr.xm - 0.2
+    dy = fr.y - fr.by_side("hilum_y")
     d = np.sqrt(dx * dx + dy * dy)
     angle = np.arctan2(dy, dx)
-    streaks = (0.5 + 0.5 * np.cos(13.0 * angle + 7.0 * d + _col(p["vessel_phase"]) + 2.0 * mottle)) ** 8
-    hilum = np.exp(-(d * d) / 0.008)
-    return (streaks * np.exp(-d / 0.26) + 0.9 * hilum) * _col(p["vessel_density"])
+    angle *= 11.0
+    angle += 9.0 * d + _col(p["vessel_phase"]) + 3.0 * mottle
+    streaks = np.cos(angle, out=angle)
+    streaks += 1.0
+    streaks *= 0.5
+    for _ in range(3):  # ** 8, thin bright lines
+        streaks *= streaks
+    fade = np.clip(1.0 - d * 1.4, 0.0, None)
+    hilum = np.clip(1.0 - d * d / _col(2.5 * p["hilum_size"]), 0.0, None)
+    return (streaks * fade * fade + 0.9 * hilum * hilum) * _col(p["vessel_density"])
 
 
-def draw_gastric_bubble(fr: Frame, dome: np.ndarray) -> np.ndarray:
-    """Stomach gas under the left dome (lucency, subtracted from the density)."""
-    p = fr.p
-    centre_y = _col(p["dome_top1"] + 0.12)
-    d = np.sqrt((fr.x - _col(p["gastric_x"])) ** 2 + (fr.y - centre_y) ** 2)
-    r = _col(p["gastric_r"]) + 1e-6
-    return _smoothstep(d / r, 1.0, 0.6) * (fr.y > dome) * 0.2
+def draw_gastric_bubble(fr: Frame, idx, dome) -> np.ndarray:
+    """Stomach gas under the left dome (a lucency)."""
+    x, y = fr.at(idx, "x", "y")
+    cy = fr.at(idx, "dome_top_1") + 0.12
+    bubble = _disc(x, y, fr.at(idx, "gastric_x"), cy, fr.at(idx, "gastric_r"), edge=0.3)
+    return bubble * (y > dome)
 
 
 # ============================================================================================
-# Findings: each returns the fields it adds (opacity replaces lung air; lucency scales it;
-# density adds directly) and a mask of where it is drawn, for the boxes. ``idx`` picks the
-# images of the batch that have the finding.
+# Findings. Each draws into the Canvas for the images ``idx`` that have it and returns a mask
+# of where it is drawn (for the boxes). Opacity replaces lung air, lucency scales the lung's
+# darkness, density is added directly (lines, rims; gas is negative).
 # ============================================================================================
 
 class Canvas:
@@ -407,59 +435,44 @@ class Canvas:
     def __init__(self, shape):
         self.opacity = np.zeros(shape, np.float32)      # fraction of lung air replaced (0..1)
         self.lucency = np.ones(shape, np.float32)       # multiplies the lung's darkness
-        self.density = np.zeros(shape, np.float32)      # added directly (lines, rims, gas < 0)
-        self.no_markings = np.zeros(shape, np.float32)  # where vessels must not show
-
-
-def _blob(x, y, cx, cy, r, sharpness=1.0):
-    """Round opacity of radius r: a soft disc (sharpness>1 gives a crisper edge)."""
-    d = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) / r
-    return _smoothstep(d, 1.0 + 0.25 / sharpness, 1.0 - 0.25 / sharpness)
-
-
-def _signed_x(side, xm):
-    """Anatomical x of a point ``xm`` from the midline on a side (0 = patient's right)."""
-    return np.where(np.asarray(side) > 0.5, xm, -np.asarray(xm))
+        self.density = np.zeros(shape, np.float32)      # added directly
+        self.markings = np.ones(shape, np.float32)      # 0 where vessels must not show
 
 
 def draw_atelectasis(fr, cv, idx, lung):
     """Plate-like (discoid) atelectasis: a bright linear band in the lower zone, above the raised
     hemidiaphragm of the same side (the volume loss is applied to the domes beforehand)."""
-    p = {k: v[idx] for k, v in fr.p.items() if k.startswith("atel") or k.startswith("dome")}
-    x, y = fr.sub("x", idx), fr.sub("y", idx)
-    side = p["atel_side"]
-    cx = _col(_signed_x(side, p["atel_xm"]))
-    dome_top = np.where(side > 0.5, p["dome_top1"], p["dome_top0"])
-    cy = _col(dome_top - p["atel_above_dome"])
-    tilt = _col(p["atel_tilt"] * np.where(side > 0.5, 1.0, -1.0))
+    x, y, side, xm, above, length, thick, tilt = fr.at(
+        idx, "x", "y", "atel_side", "atel_xm", "atel_above_dome", "atel_len", "atel_thick", "atel_tilt")
+    left = side >= 0.5
+    cx = np.where(left, xm, -xm)
+    cy = np.where(left, fr.at(idx, "dome_top_1"), fr.at(idx, "dome_top_0")) - above
+    tilt = np.where(left, tilt, -tilt)
     cos, sin = np.cos(tilt), np.sin(tilt)
-    u, v = cos * (x - cx) + sin * (y - cy), -sin * (x - cx) + cos * (y - cy)
-    band = (_smoothstep(np.abs(v), _col(p["atel_thick"]) * 0.5 + 0.01, _col(p["atel_thick"]) * 0.5 - 0.01)
-            * _smoothstep(np.abs(u), _col(p["atel_len"]) * 0.5, _col(p["atel_len"]) * 0.5 - 0.06))
+    u = cos * (x - cx) + sin * (y - cy)
+    v = cos * (y - cy) - sin * (x - cx)
+    band = _ramp(np.abs(v), thick * 0.5 + 0.01, thick * 0.5 - 0.01)
+    band *= _ramp(np.abs(u), length * 0.5, length * 0.5 - 0.06)
     band *= lung
     cv.opacity[idx] += band
     cv.density[idx] += 0.12 * band
-    # the box also covers the lifted dome under the band, the other half of the sign
-    raised = (np.abs(x - cx) < _col(p["atel_len"]) * 0.5) & (y > cy) & (y < cy + _col(p["atel_above_dome"]) + 0.05)
-    return np.maximum(band > 0.3, raised)
+    # the box also covers the lifted dome under the band: the other half of the sign
+    lifted = (np.abs(x - cx) < length * 0.5) & (y > cy) & (y < cy + above + 0.05)
+    return (band > 0.3) | lifted
 
 
 def draw_effusion(fr, cv, idx, lung, dome):
     """Pleural effusion: dense basal opacity on one or both sides whose upper surface is a
-    meniscus climbing the lateral chest wall, blunting the costophrenic angle and hiding the
-    dome."""
-    p = fr.p
-    x, y, xm = fr.sub("x", idx), fr.sub("y", idx), fr.sub("xm", idx)
-    mode = p["eff_mode"][idx]
-    has_right, has_left = mode < 0.75, mode >= 0.45     # 45% right, 30% left, 25% both
+    meniscus climbing the lateral chest wall, blunting the costophrenic angle, hiding the dome."""
+    y, xm, mode, meniscus = fr.at(idx, "y", "xm", "eff_mode", "eff_meniscus")
     on_left = fr.on_left[idx]
-    present = np.where(on_left, _col(has_left), _col(has_right))
-    height = np.where(on_left, _col(p["eff_h1"][idx]), _col(p["eff_h0"][idx]))
-    base = np.where(on_left, _col(p["dome_top1"][idx]), _col(p["dome_top0"][idx])) + 0.14
-    lateral = np.clip((xm - 0.1) / 0.72, 0, 1)
-    surface = base - height * (1.0 - _col(p["eff_meniscus"][idx]) * (1 - lateral ** 2))
-    fluid = _smoothstep(y - surface, -0.015, 0.03) * present * _smoothstep(xm, 0.08, 0.14)
-    fluid *= _smoothstep(0.86 - xm, 0.0, 0.03)
+    present = np.where(on_left, mode >= 0.45, mode < 0.75)   # 45% right, 25% left, 30% both
+    height = fr.by_side("eff_h", idx)
+    base = fr.by_side("dome_top", idx) + 0.14
+    lateral = np.clip((xm - 0.1) * (1 / 0.72), 0.0, 1.0)
+    surface = base - height * (1.0 - meniscus * (1.0 - lateral * lateral))
+    fluid = _ramp(y - surface, -0.015, 0.03) * present
+    fluid *= _ramp(np.minimum(xm - 0.08, 0.86 - xm), 0.0, 0.04)
     cv.opacity[idx] += fluid
     cv.density[idx] += 0.15 * fluid * (y < dome)
     return (fluid > 0.3) & ((lung > 0.05) | (y < dome + 0.02))
@@ -467,106 +480,86 @@ def draw_effusion(fr, cv, idx, lung, dome):
 
 def draw_infiltration(fr, cv, idx, mottle):
     """Infiltration: 1-3 faint, ill-defined hazy patches anywhere in the lungs."""
-    p = fr.p
-    x, y = fr.sub("x", idx), fr.sub("y", idx)
-    count = 1 + (p["inf_count"][idx] > 0.45) + (p["inf_count"][idx] > 0.8)
+    x, y, count_u = fr.at(idx, "x", "y", "inf_count")
+    count = 1 + (count_u > 0.45) + (count_u > 0.8)
     haze = np.zeros_like(x)
     for k in range(3):
-        cx = _col(_signed_x(p[f"inf_side{k}"][idx], p[f"inf_xm{k}"][idx]))
-        cy, r = _col(p[f"inf_y{k}"][idx]), _col(p[f"inf_r{k}"][idx])
-        patch = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (r * r)) * _col(p[f"inf_amp{k}"][idx])
-        haze = np.maximum(haze, patch * _col(k < count))
+        side, xm, cy, r, amp = fr.at(idx, *(f"inf_{k}_{q}" for q in ("side", "xm", "y", "r", "amp")))
+        patch = _gauss(x, y, np.where(side >= 0.5, xm, -xm), cy, r) * (amp * (k < count))
+        np.maximum(haze, patch, out=haze)
     haze *= 0.85 + 0.3 * np.tanh(mottle)
     cv.opacity[idx] += haze
     return haze > 0.1
 
 
-def _round_opacity(fr, cv, idx, cx, cy, r, lobulation=None, phase=None):
-    x, y = fr.sub("x", idx), fr.sub("y", idx)
-    radius = _col(r)
-    if lobulation is not None:  # lobulated outline: radius varies with angle
-        angle = np.arctan2(y - _col(cy), x - _col(cx))
-        radius = radius * (1.0 + _col(lobulation) * np.cos(5.0 * angle + _col(phase)))
-    disc = _blob(x, y, _col(cx), _col(cy), radius, sharpness=2.5)
+def _round_opacity(fr, cv, idx, x, y, cx, cy, r):
+    disc = _disc(x, y, cx, cy, r)
     cv.opacity[idx] += disc
-    cv.density[idx] += 0.18 * disc
+    cv.density[idx] += 0.25 * disc
     return disc
 
 
 def draw_mass(fr, cv, idx):
     """Mass: one large (>3 cm) round, lobulated, well-defined opacity in a lung field."""
-    p = fr.p
-    cx = _signed_x(p["mass_side"][idx], p["mass_xm"][idx])
-    disc = _round_opacity(fr, cv, idx, cx, p["mass_y"][idx], p["mass_r"][idx],
-                          p["mass_lobes"][idx], p["mass_phase"][idx])
-    return disc > 0.3
+    x, y, side, xm, cy, r, lobes, phase = fr.at(
+        idx, "x", "y", "mass_side", "mass_xm", "mass_y", "mass_r", "mass_lobes", "mass_phase")
+    cx = np.where(side >= 0.5, xm, -xm)
+    radius = r * (1.0 + lobes * np.cos(5.0 * np.arctan2(y - cy, x - cx) + phase))
+    return _round_opacity(fr, cv, idx, x, y, cx, cy, radius) > 0.3
 
 
 def draw_nodule(fr, cv, idx):
     """Nodules: one or two small, dense, sharply defined round opacities."""
-    p = fr.p
-    count = 1 + (p["nod_count"][idx] > 0.6)
-    mask = np.zeros((len(idx), fr.render, fr.render), bool)
+    x, y, count_u = fr.at(idx, "x", "y", "nod_count")
+    mask = np.zeros(x.shape, bool)
     for k in range(2):
-        cx = _signed_x(p[f"nod_side{k}"][idx], p[f"nod_xm{k}"][idx])
-        r = p[f"nod_r{k}"][idx] * (k < count)  # radius 0 draws nothing
-        disc = _round_opacity(fr, cv, idx, cx, p[f"nod_y{k}"][idx], np.maximum(r, 1e-4))
-        cv.density[idx] += 0.15 * disc
+        side, xm, cy, r = fr.at(idx, *(f"nod_{k}_{q}" for q in ("side", "xm", "y", "r")))
+        disc = _disc(x, y, np.where(side >= 0.5, xm, -xm), cy, r)
+        disc *= (k == 0) | (count_u > 0.6)            # a second nodule in 40% of cases
+        cv.opacity[idx] += disc
+        cv.density[idx] += 0.35 * disc                # denser than soft tissue (often calcified)
         mask |= disc > 0.3
     return mask
 
 
 def draw_pneumonia(fr, cv, idx, mottle):
     """Pneumonia: patchy, mottled airspace opacity in a mid or lower zone (both lungs in a
-    quarter of cases): dense spots within a looser haze."""
-    p = fr.p
-    x, y = fr.sub("x", idx), fr.sub("y", idx)
-    side = p["pna_side"][idx]
-    total = np.zeros_like(x)
-    for lung_side, present in ((side, np.ones_like(side)), (1 - side, p["pna_bilateral"][idx] < 0.25)):
-        cx = _col(_signed_x(lung_side, p["pna_xm"][idx]))
-        envelope = np.exp(-((x - cx) ** 2 + (y - _col(p["pna_y"][idx])) ** 2) / _col(p["pna_r"][idx]) ** 2)
-        total = np.maximum(total, envelope * _col(present))
-    patchy = total * (0.35 + 0.9 * np.clip(mottle + 0.3, 0, 1.2)) * _col(p["pna_amp"][idx])
+    quarter of cases): denser spots within a looser haze."""
+    x, y, side, bilateral, xm, cy, r, amp = fr.at(
+        idx, "x", "y", "pna_side", "pna_bilateral", "pna_xm", "pna_y", "pna_r", "pna_amp")
+    cx = np.where(side >= 0.5, xm, -xm)
+    extent = np.maximum(_gauss(x, y, cx, cy, r), _gauss(x, y, -cx, cy, r) * (bilateral < 0.25))
+    patchy = extent * (0.35 + 0.9 * np.clip(mottle + 0.3, 0.0, 1.2)) * amp
     cv.opacity[idx] += patchy
-    return total > 0.3
+    return extent > 0.3
 
 
 def draw_pneumothorax(fr, cv, idx, lung, outer):
     """Pneumothorax: the lung has fallen away from the apex and lateral wall; beyond the thin
     visceral pleural line there is only air: darker, with no lung markings."""
-    p = fr.p
-    y = fr.sub("y", idx)
-    on_left = fr.on_left[idx]
-    this_side = np.where(on_left, _col(p["ptx_side"][idx] > 0.5), _col(p["ptx_side"][idx] <= 0.5))
-    # deepest at the apex, tapering towards the base
-    apex = _col(p["lung_cy"][idx] - p["lung_ay"][idx])
-    taper = 1.0 - 0.6 * np.clip((y - apex) / 1.1, 0, 1)
-    depth = _col(p["ptx_depth"][idx]) * taper
-    edge_gap = outer - depth
-    air = _smoothstep(edge_gap, 0.006, -0.006) * lung * this_side
-    pleural_line = np.exp(-(edge_gap / 0.008) ** 2) * lung * this_side * _smoothstep(edge_gap, -0.02, 0.0)
-    cv.lucency[idx] *= 1.0 + 0.45 * air
-    cv.no_markings[idx] = np.maximum(cv.no_markings[idx], air)
-    cv.density[idx] += _col(p["ptx_line"][idx]) * pleural_line
+    y, side, depth, line, cy, ay = fr.at(idx, "y", "ptx_side", "ptx_depth", "ptx_line", "lung_cy", "lung_ay")
+    this_side = fr.on_left[idx] == (side >= 0.5)
+    taper = 1.0 - 0.6 * np.clip((y - (cy - ay)) * (1 / 1.1), 0.0, 1.0)   # deepest at the apex
+    gap = outer - depth * taper
+    air = _ramp(gap, 0.006, -0.006) * lung * this_side
+    pleural_line = np.clip(1.0 - (gap * (1 / 0.012)) ** 2, 0.0, None) * lung * this_side
+    cv.lucency[idx] *= 1.0 + 0.35 * air
+    cv.markings[idx] *= 1.0 - air
+    cv.density[idx] += line * pleural_line
     return air > 0.5
 
 
 def draw_consolidation(fr, cv, idx, lung, mottle):
     """Consolidation: dense, homogeneous lobar opacity with a sharp straight edge where it meets
     a fissure (upper or lower lobe of one lung)."""
-    p = fr.p
-    x, y = fr.sub("x", idx), fr.sub("y", idx)
-    side = p["cons_side"][idx]
-    lower = p["cons_lower"][idx] < 0.6
-    cx = _col(_signed_x(side, p["cons_xm"][idx]))
-    fissure = _col(p["cons_fissure"][idx])
-    # lower lobe lies below the fissure, upper lobe above it
-    beyond_fissure = np.where(_col(lower), y - fissure, fissure - y)
-    cy = fissure + np.where(_col(lower), 1.0, -1.0) * _col(p["cons_r"][idx]) * 0.55
-    envelope = _smoothstep(np.sqrt((x - cx) ** 2 + (y - cy) ** 2) / _col(p["cons_r"][idx]), 1.15, 0.7)
-    lobe = envelope * _smoothstep(beyond_fissure, -0.004, 0.008)
-    dense = lobe * lung * _col(p["cons_amp"][idx]) * (1.0 + 0.05 * mottle)
+    x, y, side, lower_u, xm, fissure, r, amp = fr.at(
+        idx, "x", "y", "cons_side", "cons_lower", "cons_xm", "cons_fissure", "cons_r", "cons_amp")
+    lower = lower_u < 0.6                                 # lower lobes more often
+    cx = np.where(side >= 0.5, xm, -xm)
+    beyond_fissure = np.where(lower, y - fissure, fissure - y)
+    cy = fissure + np.where(lower, 0.55, -0.55) * r
+    lobe = _disc(x, y, cx, cy, r, edge=0.25) * _ramp(beyond_fissure, -0.004, 0.008)
+    dense = lobe * lung * amp * (1.0 + 0.05 * mottle)
     cv.opacity[idx] += dense
     cv.density[idx] += 0.1 * dense
     return dense > 0.3
@@ -575,65 +568,58 @@ def draw_consolidation(fr, cv, idx, lung, mottle):
 def draw_edema(fr, cv, idx, lung, mottle):
     """Pulmonary edema: symmetric bat-wing haze around both hila, with Kerley B lines at the
     lateral bases."""
-    p = fr.p
-    xm, y = fr.sub("xm", idx), fr.sub("y", idx)
-    hilum_y = fr.by_side(p["hilum_y0"][idx], p["hilum_y1"][idx], idx)
-    spread = _col(p["edema_spread"][idx])
+    xm, y, amp, spread = fr.at(idx, "xm", "y", "edema_amp", "edema_spread")
+    hilum_y = fr.by_side("hilum_y", idx)
     wing = np.exp(-((xm - 0.24) / (spread * 1.1)) ** 2 - ((y - hilum_y) / (spread * 1.5)) ** 2)
-    haze = wing * _col(p["edema_amp"][idx]) * (0.9 + 0.2 * np.tanh(mottle)) * lung
-    kerley = (np.clip(np.cos(y * (2 * np.pi / 0.04)) - 0.6, 0, 1) * 2.5
-              * _smoothstep(xm, 0.62, 0.72) * _smoothstep(y, 0.05, 0.2) * lung * 0.25)
+    haze = wing * amp * (0.9 + 0.2 * np.tanh(mottle)) * lung
+    kerley = (np.clip(np.cos(y * np.float32(2 * np.pi / 0.04)) - 0.6, 0.0, None)
+              * _ramp(xm, 0.62, 0.72) * _ramp(y, 0.05, 0.2) * lung * 0.6)
     cv.opacity[idx] += haze + kerley
-    return (haze > 0.15 * _col(p["edema_amp"][idx])) | (kerley > 0.1)
+    return (wing > 0.15) & (lung > 0.5) | (kerley > 0.1)
 
 
 def draw_emphysema(fr, cv, idx, lung):
     """Emphysema: hyperlucent lungs (overexpanded, flat low domes: applied to the geometry
-    beforehand) with sparse peripheral vessels and thin-walled upper-zone bullae."""
-    p = fr.p
-    x, y = fr.sub("x", idx), fr.sub("y", idx)
-    cv.lucency[idx] *= 1.0 + (_col(p["emph_lucency"][idx]) - 1.0) * lung
-    cv.no_markings[idx] = np.maximum(cv.no_markings[idx], 0.6 * lung * _smoothstep(fr.sub("xm", idx), 0.4, 0.6))
-    cx = _col(_signed_x(p["emph_bulla_side"][idx], p["emph_bulla_xm"][idx]))
-    d = np.sqrt((x - cx) ** 2 + (y - _col(p["emph_bulla_y"][idx])) ** 2) / _col(p["emph_bulla_r"][idx])
-    bulla = _smoothstep(d, 1.0, 0.85) * lung
-    wall = np.exp(-((d - 1.0) / 0.08) ** 2) * lung
+    beforehand) with sparse peripheral vessels and a thin-walled upper-zone bulla."""
+    x, y, xm, lucency, side, bxm, by, br = fr.at(
+        idx, "x", "y", "xm", "emph_lucency", "emph_bulla_side", "emph_bulla_xm", "emph_bulla_y", "emph_bulla_r")
+    cv.lucency[idx] *= 1.0 + (lucency - 1.0) * lung
+    cv.markings[idx] *= 1.0 - 0.6 * lung * _ramp(xm, 0.4, 0.6)
+    d = np.sqrt(((x - np.where(side >= 0.5, bxm, -bxm)) ** 2 + (y - by) ** 2)) / br
+    bulla = _ramp(d, 1.0, 0.85) * lung
+    wall = np.clip(1.0 - ((d - 1.0) * (1 / 0.1)) ** 2, 0.0, None) * lung
     cv.lucency[idx] *= 1.0 + 0.25 * bulla
-    cv.no_markings[idx] = np.maximum(cv.no_markings[idx], bulla)
+    cv.markings[idx] *= 1.0 - bulla
     cv.density[idx] += 0.12 * wall
     return lung > 0.5
 
 
 def draw_fibrosis(fr, cv, idx, lung, mottle):
-    """Fibrosis: coarse reticular (net-like) lines, peripheral and basal (upper zones in a
-    fifth of cases), with some volume loss applied to the domes beforehand."""
-    p = fr.p
-    x, y, xm = fr.sub("x", idx), fr.sub("y", idx), fr.sub("xm", idx)
-    angle = _col(p["fib_angle"][idx])
-    warp = 0.07 * mottle
-    u = (np.cos(angle) * x + np.sin(angle) * y + warp) / _col(p["fib_spacing"][idx])
-    v = (-np.sin(angle) * x + np.cos(angle) * y - warp) / _col(p["fib_spacing"][idx])
-    net = np.maximum(np.cos(2 * np.pi * u), np.cos(2 * np.pi * v))
-    lines = np.clip((net - 0.7) / 0.3, 0, 1)
-    upper = _col(p["fib_upper"][idx] < 0.2)
-    zone = np.where(upper, _smoothstep(y, -0.1, -0.3), _smoothstep(y, -0.15, 0.1))
-    zone = zone * _smoothstep(xm, 0.22, 0.42) * lung
-    reticulation = lines * zone * _col(p["fib_amp"][idx])
-    cv.opacity[idx] += reticulation + 0.12 * zone
+    """Fibrosis: coarse reticulation (honeycombing: bright walls around lucent cysts),
+    peripheral and basal (upper zones in a fifth of cases), with volume loss applied to the
+    domes beforehand."""
+    x, y, xm, angle, spacing, amp, upper = fr.at(
+        idx, "x", "y", "xm", "fib_angle", "fib_spacing", "fib_amp", "fib_upper")
+    warp = 0.025 * mottle
+    freq = np.float32(2 * np.pi) / spacing
+    u = (np.cos(angle) * x + np.sin(angle) * y + warp) * freq
+    v = (np.cos(angle) * y - np.sin(angle) * x - warp) * freq
+    net = np.maximum(np.cos(u), np.cos(v))
+    walls = np.clip((net - 0.7) * (1 / 0.3), 0.0, 1.0)
+    zone = np.where(upper < 0.2, _ramp(y, -0.1, -0.3), _ramp(y, -0.15, 0.1))
+    zone *= _ramp(xm, 0.22, 0.42) * lung
+    cv.opacity[idx] += walls * zone * amp
+    cv.lucency[idx] *= 1.0 + 0.25 * (1.0 - walls) * zone   # cysts between the walls
     return zone > 0.3
 
 
 def draw_pleural_thickening(fr, cv, idx, lung, outer):
     """Pleural thickening: a smooth soft-tissue rim lining the lateral chest wall and apex, on
     one side or both."""
-    p = fr.p
-    y, xm = fr.sub("y", idx), fr.sub("xm", idx)
-    mode = p["pl_mode"][idx]
-    on_left = fr.on_left[idx]
-    present = np.where(on_left, _col(mode >= 0.4), _col(mode < 0.7))   # 40% R, 30% L, 30% both
-    thick = _col(p["pl_thick"][idx])
-    rim = _smoothstep(outer, thick + 0.01, thick - 0.01) * lung * present
-    rim *= _smoothstep(xm, 0.2, 0.35) * _smoothstep(y, 0.45 - _col(p["pl_low"][idx]), 0.3 - _col(p["pl_low"][idx]))
+    y, xm, mode, thick, low = fr.at(idx, "y", "xm", "pl_mode", "pl_thick", "pl_low")
+    present = np.where(fr.on_left[idx], mode >= 0.4, mode < 0.7)   # 40% R, 30% L, 30% both
+    rim = _ramp(outer, thick + 0.01, thick - 0.01) * lung * present
+    rim *= _ramp(xm, 0.2, 0.35) * _ramp(y, 0.45 - low, 0.3 - low)
     cv.opacity[idx] += rim
     cv.density[idx] += 0.1 * rim
     return rim > 0.3
@@ -642,51 +628,69 @@ def draw_pleural_thickening(fr, cv, idx, lung, outer):
 def draw_hernia(fr, cv, idx):
     """Hiatus hernia: a retrocardiac gas bubble with an air-fluid level and a soft-tissue wall,
     just above the diaphragm behind the heart."""
-    p = fr.p
-    x, y = fr.sub("x", idx), fr.sub("y", idx)
-    r = _col(p["hernia_r"][idx])
-    cx = _col(p["hernia_x"][idx] + p["mediastinal_shift"][idx])
-    cy = _col(np.minimum(p["dome_top0"][idx], p["dome_top1"][idx]) + 0.06) - r
+    x, y, hx, shift, r, level_u, top0, top1 = fr.at(
+        idx, "x", "y", "hernia_x", "mediastinal_shift", "hernia_r", "hernia_level", "dome_top_0", "dome_top_1")
+    cx, cy = hx + shift, np.minimum(top0, top1) + 0.06 - r
     d = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) / r
-    sac = _smoothstep(d, 1.08, 0.95)
-    level = cy + _col(p["hernia_level"][idx]) * r
-    gas = _smoothstep(d, 0.9, 0.78) * _smoothstep(y, level + 0.01, level - 0.01)
-    wall = np.exp(-((d - 0.95) / 0.1) ** 2)
-    cv.density[idx] += 0.2 * wall + 0.12 * sac - 0.55 * gas
+    sac = _ramp(d, 1.08, 0.95)
+    level = cy + level_u * r
+    gas = _ramp(d, 0.9, 0.78) * _ramp(y, level + 0.01, level - 0.01)
+    wall = np.clip(1.0 - ((d - 0.95) * (1 / 0.12)) ** 2, 0.0, None)
+    cv.density[idx] += 0.2 * wall + 0.12 * sac - 0.45 * gas
     return sac > 0.3
 
 
-def apply_volume_changes(p: dict, labels: np.ndarray) -> dict:
+FINDING_DRAWERS = {
+    "atelectasis": lambda fr, cv, i, f: draw_atelectasis(fr, cv, i, f["lung"][i]),
+    "cardiomegaly": lambda fr, cv, i, f: f["heart"][i] > 0.5,   # drawn by draw_heart, enlarged
+    "effusion": lambda fr, cv, i, f: draw_effusion(fr, cv, i, f["lung"][i], f["dome"][i]),
+    "infiltration": lambda fr, cv, i, f: draw_infiltration(fr, cv, i, f["mottle"][i]),
+    "mass": lambda fr, cv, i, f: draw_mass(fr, cv, i),
+    "nodule": lambda fr, cv, i, f: draw_nodule(fr, cv, i),
+    "pneumonia": lambda fr, cv, i, f: draw_pneumonia(fr, cv, i, f["mottle"][i]),
+    "pneumothorax": lambda fr, cv, i, f: draw_pneumothorax(fr, cv, i, f["lung"][i], f["outer"][i]),
+    "consolidation": lambda fr, cv, i, f: draw_consolidation(fr, cv, i, f["lung"][i], f["mottle"][i]),
+    "edema": lambda fr, cv, i, f: draw_edema(fr, cv, i, f["lung"][i], f["mottle"][i]),
+    "emphysema": lambda fr, cv, i, f: draw_emphysema(fr, cv, i, f["lung"][i]),
+    "fibrosis": lambda fr, cv, i, f: draw_fibrosis(fr, cv, i, f["lung"][i], f["mottle"][i]),
+    "pleural": lambda fr, cv, i, f: draw_pleural_thickening(fr, cv, i, f["lung"][i], f["outer"][i]),
+    "hernia": lambda fr, cv, i, f: draw_hernia(fr, cv, i),
+}
+
+
+def apply_volume_changes(p: dict) -> dict:
     """Findings that change the normal geometry (heart size, dome heights, lung size) act on the
     parameters before anything is drawn."""
     p = dict(p)
-    has = {name: labels[:, k].astype(bool) for k, name in enumerate(PHANTOM_LABELS)}
-    p["heart_hw"] = p["heart_hw"] * np.where(has["cardiomegaly"], p["cardio_widen"], 1.0)
-    p["heart_hh"] = p["heart_hh"] * np.where(has["cardiomegaly"], p["cardio_heighten"], 1.0)
-    p["heart_cx"] = p["heart_cx"] + np.where(has["cardiomegaly"], 0.05, 0.0)
-    p["dome_top1"] = p["dome_top0"] + p["dome_drop1"]
-    # emphysema: hyperinflated, flattened domes; narrow vertical heart
-    drop = np.where(has["emphysema"], p["emph_drop"], 0.0)
-    p["dome_top0"], p["dome_top1"] = p["dome_top0"] + drop, p["dome_top1"] + drop
+    has = {name: p["labels"][:, k].astype(bool) for k, name in enumerate(PHANTOM_LABELS)}
+    where = np.where
+    # cardiomegaly: the heart widens (mostly to the patient's left) and lengthens
+    p["heart_hw"] = p["heart_hw"] * where(has["cardiomegaly"], p["cardio_widen"], 1.0)
+    p["heart_hh"] = p["heart_hh"] * where(has["cardiomegaly"], p["cardio_heighten"], 1.0)
+    p["heart_cx"] = p["heart_cx"] + where(has["cardiomegaly"], p["cardio_shift"], 0.0)
+    top0 = p["dome_top_0"]
+    top1 = top0 + p["dome_drop_1"]
+    # emphysema: hyperinflated lungs, low flat domes, a narrow vertical heart
+    drop = where(has["emphysema"], p["emph_drop"], 0.0)
+    top0, top1 = top0 + drop, top1 + drop
     p["lung_ay"] = p["lung_ay"] + 0.6 * drop
     p["lung_cy"] = p["lung_cy"] + 0.5 * drop
-    p["dome_curve"] = p["dome_curve"] * np.where(has["emphysema"], p["emph_flatten"], 1.0)
-    p["heart_hw"] = p["heart_hw"] * np.where(has["emphysema"] & ~has["cardiomegaly"], 0.88, 1.0)
+    p["dome_curve"] = p["dome_curve"] * where(has["emphysema"], p["emph_flatten"], 1.0)
+    p["heart_hw"] = p["heart_hw"] * where(has["emphysema"] & ~has["cardiomegaly"], 0.88, 1.0)
     # fibrosis: small lungs
-    lift = np.where(has["fibrosis"], p["fib_raise"], 0.0)
-    p["dome_top0"], p["dome_top1"] = p["dome_top0"] - lift, p["dome_top1"] - lift
+    lift = where(has["fibrosis"], p["fib_raise"], 0.0)
+    top0, top1 = top0 - lift, top1 - lift
     # atelectasis: the hemidiaphragm of the collapsed side rises, the mediastinum moves to it
-    atel_raise = np.where(has["atelectasis"], p["atel_raise"], 0.0)
-    left = p["atel_side"] > 0.5
-    p["dome_top0"] = p["dome_top0"] - np.where(left, 0.0, atel_raise)
-    p["dome_top1"] = p["dome_top1"] - np.where(left, atel_raise, 0.0)
-    shift = np.where(has["atelectasis"], p["atel_shift"] * np.where(left, 1.0, -1.0), 0.0)
-    p["mediastinal_shift"] = shift.astype(np.float32)
+    raise_ = where(has["atelectasis"], p["atel_raise"], 0.0)
+    left = p["atel_side"] >= 0.5
+    top0, top1 = top0 - where(left, 0.0, raise_), top1 - where(left, raise_, 0.0)
+    shift = where(has["atelectasis"], p["atel_shift"] * where(left, 1.0, -1.0), 0.0)
+    p["mediastinal_shift"] = shift
     p["heart_cx"] = p["heart_cx"] + shift
-    for side in ("0", "1"):  # the mediastinum's edges move with it
-        sign = -1.0 if side == "0" else 1.0
-        p["lung_medial" + side] = p["lung_medial" + side] + sign * shift
-    return {k: np.asarray(v, np.float32) if k != "labels" else v for k, v in p.items()}
+    p["lung_medial_0"] = p["lung_medial_0"] - shift   # the mediastinal edges move with it
+    p["lung_medial_1"] = p["lung_medial_1"] + shift
+    p["dome_top_0"], p["dome_top_1"] = top0, top1
+    return {k: v if k == "labels" else np.asarray(v, np.float32) for k, v in p.items()}
 
 
 # ============================================================================================
@@ -705,80 +709,85 @@ def _mask_boxes(mask: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _render_factor(size: int) -> int:
-    """Internal supersampling: small sizes are drawn larger and area-downsampled."""
-    return {28: 4, 64: 2}.get(size, 1)
+    """Internal supersampling: 28 and 64 px are drawn twice as large and area-downsampled."""
+    return 2 if size <= 64 else 1
 
 
-def render_batch(p: dict, size: int):
-    """Render stacked cases -> (images uint8 (B,size,size), boxes float32 (B,14,4))."""
+def render_density(p: dict, size: int):
+    """Stacked cases -> (density (B, R, R) at the internal size, boxes (B, 14, 4) in output
+    pixels). ``p`` must have been through ``apply_volume_changes``."""
     factor = _render_factor(size)
     render = size * factor
-    labels = p["labels"]
-    p = apply_volume_changes(p, labels)
     fr = Frame(p, render)
-    batch = len(labels)
-    mottle = _upsample(p["mottle"], render)
-    habitus = _upsample(p["habitus"], render)
-
-    soft = draw_thorax(fr)
-    lung, outer, dome = lung_fields(fr)
-    heart = draw_heart(fr)
-    bones = draw_spine(fr) + draw_ribs(fr) + draw_clavicles(fr)
-    vessels = draw_vessels(fr, mottle) * lung
+    shared = {"mottle": _upsample(p["mottle"], render)}
+    shared["lung"], shared["outer"], shared["dome"] = lung_fields(fr)
+    shared["heart"] = draw_heart(fr)
+    lung, heart = shared["lung"], shared["heart"]
 
     cv = Canvas(lung.shape)
-    masks = {}
-    has = {name: np.flatnonzero(labels[:, k]) for k, name in enumerate(PHANTOM_LABELS)}
-    finders = {
-        "atelectasis": lambda i: draw_atelectasis(fr, cv, i, lung[i]),
-        "cardiomegaly": lambda i: heart[i] > 0.5,
-        "effusion": lambda i: draw_effusion(fr, cv, i, lung[i], dome[i]),
-        "infiltration": lambda i: draw_infiltration(fr, cv, i, mottle[i]),
-        "mass": lambda i: draw_mass(fr, cv, i),
-        "nodule": lambda i: draw_nodule(fr, cv, i),
-        "pneumonia": lambda i: draw_pneumonia(fr, cv, i, mottle[i]),
-        "pneumothorax": lambda i: draw_pneumothorax(fr, cv, i, lung[i], outer[i]),
-        "consolidation": lambda i: draw_consolidation(fr, cv, i, lung[i], mottle[i]),
-        "edema": lambda i: draw_edema(fr, cv, i, lung[i], mottle[i]),
-        "emphysema": lambda i: draw_emphysema(fr, cv, i, lung[i]),
-        "fibrosis": lambda i: draw_fibrosis(fr, cv, i, lung[i], mottle[i]),
-        "pleural": lambda i: draw_pleural_thickening(fr, cv, i, lung[i], outer[i]),
-        "hernia": lambda i: draw_hernia(fr, cv, i),
-    }
-    boxes = np.full((batch, len(PHANTOM_LABELS), 4), np.nan, np.float32)
+    boxes = np.full((len(lung), len(PHANTOM_LABELS), 4), np.nan, np.float32)
     for k, name in enumerate(PHANTOM_LABELS):
-        idx = has[name]
+        idx = np.flatnonzero(p["labels"][:, k])
         if len(idx):
-            mask = finders[name](idx)
-            found = _mask_boxes(mask, factor)
-            # a finding always gets a box; if its mask were empty, the whole image is the box
-            found[np.isnan(found[:, 0])] = (0, 0, size, size)
+            found = _mask_boxes(FINDING_DRAWERS[name](fr, cv, idx, shared), factor)
+            found[np.isnan(found[:, 0])] = (0, 0, size, size)  # never expected; keeps the contract
             boxes[idx, k] = found
 
-    # compose: lung air darkens, whatever fills the air (heart, vessels, disease) takes it back
-    filling = heart + vessels * (1.0 - cv.no_markings) + cv.opacity
-    # the lung is thickest (darkest) in its middle; chest wall and breasts overlap its edges
-    depth = 0.72 + 0.28 * _smoothstep(outer, 0.0, 0.18)
-    air = lung * depth * np.clip(1.0 - filling, 0.0, 1.0) * _col(p["lucency"]) * cv.lucency
-    density = (soft * (1.0 + _col(p["habitus_amp"]) * habitus) + bones + 0.12 * heart
-               + cv.density - air - 0.28 * draw_trachea(fr) - draw_gastric_bubble(fr, dome))
+    # lung air darkens the film; whatever fills the air (heart, vessels, disease) takes it back
+    filling = draw_vessels(fr, shared["mottle"])
+    filling *= cv.markings
+    filling += heart
+    filling += cv.opacity
+    filling += _col(p["lung_haze"]) * _upsample(p["haze"], render)
+    air = np.clip(1.0 - filling, 0.0, 1.0, out=filling)
+    air *= lung
+    depth = _ramp(shared["outer"], -0.07, 0.2)      # the lung is thickest (darkest) mid-field
+    depth *= 0.28
+    depth += 0.72
+    air *= depth
+    air *= cv.lucency
+    air *= _col(p["lucency"])
+    density = draw_thorax(fr)
+    density *= 1.0 + _col(p["habitus_amp"]) * _upsample(p["habitus"], render)
+    density += draw_spine(fr)
+    density += draw_ribs(fr)
+    density += draw_clavicles(fr)
+    density += 0.12 * heart
+    density += cv.density
+    density -= air
+    density -= 0.28 * draw_trachea(fr)
+    gas = np.flatnonzero(p["gastric_present"] < 0.5)
+    if len(gas):
+        density[gas] -= 0.2 * draw_gastric_bubble(fr, gas, shared["dome"][gas])
     return density, boxes
 
 
+def _area_downsample(density: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks, summed in a fixed order (bit-identical per image
+    whatever the batch size)."""
+    if factor == 1:
+        return density
+    out = np.zeros_like(density[:, ::factor, ::factor])
+    for a in range(factor):
+        for b in range(factor):
+            out += density[:, a::factor, b::factor]
+    out *= 1.0 / (factor * factor)
+    return out
+
+
 def expose(density: np.ndarray, p: dict, size: int) -> np.ndarray:
-    """Area-downsample to the output size, then film: auto-windowing around the image mean (so
-    the mean brightness is set by the exposure draw, not by the findings), a random gain and
-    gamma, quantum noise, 8-bit quantisation."""
-    batch, render = density.shape[0], density.shape[1]
-    factor = render // size
-    if factor > 1:
-        density = density.reshape(batch, size, factor, size, factor).mean(axis=(2, 4))
-    mean = density.reshape(batch, -1).mean(axis=1)
-    film = _col(p["level"]) + _col(p["gain"]) * (density - _col(mean))
-    film = np.clip(film, 0.0, 1.0) ** _col(p["gamma"])
-    noise_sd = _col(p["noise_sd"]) * np.float32(np.sqrt(size / 224.0))
-    film = film + noise_sd * p["noise"]
-    return np.clip(np.rint(film * 255.0), 0, 255).astype(np.uint8)
+    """Film: auto-windowing around the image mean (so the mean brightness is set by the
+    exposure draw, not by the findings), random gain and gamma, quantum noise, 8 bits."""
+    mean = np.array([d.mean(dtype=np.float64) for d in density], np.float32)
+    film = density - _col(mean)
+    film *= _col(p["gain"])
+    film += _col(p["level"])
+    np.clip(film, 0.0, 1.0, out=film)
+    film **= _col(p["gamma"])
+    noise_sd = p["noise_sd"] * np.float32(np.sqrt(size / 224.0))
+    film += _col(noise_sd) * p["noise"]
+    film *= 255.0
+    return np.clip(np.rint(film, out=film), 0, 255, out=film).astype(np.uint8)
 
 
 # ============================================================================================
@@ -795,8 +804,9 @@ def generate_split(size: int, n: int, seed: int, split: str = "train", start: in
     """Images ``start .. start+n-1`` of a split.
 
     Returns (images uint8 (n, size, size), labels uint8 (n, 14), boxes float32 (n, 14, 4)); boxes
-    are (x0, y0, x1, y1) in pixels of the output image, NaN where the finding is absent. Image i
-    depends only on (seed, split, i, size), never on ``n`` or ``start``.
+    are (x0, y0, x1, y1) in pixels of the output image (x to the right, y down, x1/y1 exclusive),
+    NaN where the finding is absent. Image i depends only on (seed, split, i, size), never on
+    ``n`` or ``start``, so a split can be generated in any chunks.
     """
     size = _check_size(size)
     if n < 0 or start < 0:
@@ -804,14 +814,14 @@ def generate_split(size: int, n: int, seed: int, split: str = "train", start: in
     images = np.zeros((n, size, size), np.uint8)
     labels = np.zeros((n, len(PHANTOM_LABELS)), np.uint8)
     boxes = np.full((n, len(PHANTOM_LABELS), 4), np.nan, np.float32)
-    render = size * _render_factor(size)
-    per_batch = max(1, _PIXEL_BUDGET // (render * render))
+    factor = _render_factor(size)
+    per_batch = max(1, _PIXEL_BUDGET // (size * factor) ** 2)
     for lo in range(0, n, per_batch):
         hi = min(n, lo + per_batch)
-        cases = [draw_case(image_rng(seed, split, start + i), size) for i in range(lo, hi)]
-        p = _stack_cases(cases)
-        density, boxes[lo:hi] = render_batch(p, size)
-        images[lo:hi] = expose(density, p, size)
+        p = stack_cases([draw_case(image_rng(seed, split, start + i), size) for i in range(lo, hi)])
+        p = apply_volume_changes(p)
+        density, boxes[lo:hi] = render_density(p, size)
+        images[lo:hi] = expose(_area_downsample(density, factor), p, size)
         labels[lo:hi] = p["labels"]
     return images, labels, boxes
 
@@ -823,9 +833,9 @@ def boxes_path(npz_path) -> Path:
 
 
 def _write_npy_header(stream, shape, dtype) -> None:
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": tuple(int(s) for s in shape)}
-    np.lib.format.write_array_header_1_0(stream, header)
+    np.lib.format.write_array_header_1_0(stream, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": tuple(int(s) for s in shape)})
 
 
 def _write_member(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
@@ -834,7 +844,7 @@ def _write_member(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> Non
         stream.write(np.ascontiguousarray(array).tobytes())
 
 
-def _temp_beside(path: Path):
+def _temp_beside(path: Path) -> Path:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     return Path(temp)
@@ -844,14 +854,20 @@ def write_phantom(path, size: int = 28, counts: dict | None = None, seed: int = 
                   chunk: int = 1024) -> Path:
     """Write a phantom ChestMNIST npz (MedMNIST format) and its boxes file; return the npz path.
 
-    Images are generated ``chunk`` at a time and streamed into the archive (ZIP_STORED, zip64),
-    so a large 224 px split never sits whole in memory. Both files are written to temporaries in
-    the same folder and renamed into place (boxes first), so a reader never sees a partial file.
+    Keys ``{split}_images`` (uint8 (N, size, size)) and ``{split}_labels`` (uint8 (N, 14)) for
+    each split of ``counts`` (default ``DEFAULT_COUNTS``); the boxes go to ``<stem>_boxes.npz``
+    as ``{split}_boxes`` (float32 (N, 14, 4), NaN where a finding is absent) with
+    ``label_names``. Images are generated ``chunk`` at a time and streamed into the archive
+    (ZIP_STORED, zip64), so a large 224 px split never sits whole in memory. Both files go to
+    temporaries in the same folder and are renamed into place (boxes first), so a reader never
+    sees a partial file.
     """
     size = _check_size(size)
     counts = dict(DEFAULT_COUNTS if counts is None else counts)
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
+    if any(int(n) < 0 for n in counts.values()):
+        raise ValueError(f"counts must be non-negative, got {counts}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     npz_temp, boxes_temp = _temp_beside(path), _temp_beside(boxes_path(path))
@@ -859,6 +875,7 @@ def write_phantom(path, size: int = 28, counts: dict | None = None, seed: int = 
         all_labels, all_boxes = {}, {}
         with zipfile.ZipFile(npz_temp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for split, n in counts.items():
+                n = int(n)
                 labels = np.zeros((n, len(PHANTOM_LABELS)), np.uint8)
                 boxes = np.zeros((n, len(PHANTOM_LABELS), 4), np.float32)
                 with archive.open(f"{split}_images.npy", "w", force_zip64=True) as stream:

@@ -1,0 +1,93 @@
+"""Training throughput, end to end: tf.data pipeline -> on-device augmentation -> model.fit step.
+
+    python pipelines/bench_train.py --arch resnet18 --size 28 --batch 128 --steps 30
+
+Prints images/s for the real path (phantom records through the pipeline, augmentation on) and for
+the same fit fed one cached batch over and over; the gap is the share of step time spent waiting
+for input. Run the PyTorch peer in the same session and compare ratios (the machine is shared):
+
+    peer-venv/bin/python ../shared/tools/peer_resnet18_torch.py --size 28 --batch 128 --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from chest_tf import augment as augment_lib  # noqa: E402
+from chest_tf.data.pipeline import load_dataset  # noqa: E402
+from chest_tf.models.registry import build_model  # noqa: E402
+
+
+class _StepTimer(keras.callbacks.Callback):
+    """Wall time of the steps after ``skip`` warm-up steps."""
+
+    def __init__(self, skip: int):
+        super().__init__()
+        self.skip, self.started, self.steps = skip, None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.skip:
+            self.started = time.perf_counter()
+        elif batch + 1 > self.skip:
+            self.steps += 1
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def images_per_second(model, dataset, steps: int, warmup: int, batch: int) -> float:
+    timer = _StepTimer(warmup)
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
+    return timer.steps * batch / timer.seconds()
+
+
+def make_model(args, handle, jit: bool):
+    keras.utils.set_random_seed(0)
+    classifier = build_model(args.arch, handle.image_shape, handle.info.num_outputs, **args.model_arg)
+    model = augment_lib.attach_augmentation(classifier, augment_lib.build_augmentation(args.augment, seed=0))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  jit_compile=jit)
+    return model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--augment", default="light")
+    parser.add_argument("--jit", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "chest_tf_bench"))
+    parser.add_argument("--model-arg", action="append", default=[], help="KEY=INT override, e.g. width=32")
+    args = parser.parse_args()
+    args.model_arg = {k: int(v) for k, v in (pair.split("=") for pair in args.model_arg)}
+
+    handle = load_dataset("phantom", args.size, data_dir=args.data_dir, verbose=False)
+    real = handle.batches("train", args.batch, training=True, seed=0, drop_remainder=True, repeat=True,
+                          deterministic=False)
+    constant = real.take(1).cache().repeat()
+    print(f"{args.arch} {args.model_arg or ''} size={args.size} batch={args.batch} augment={args.augment} "
+          f"float32 threads={tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count()}")
+    for jit in ([True, False] if args.jit == "both" else [args.jit == "on"]):
+        model = make_model(args, handle, jit)
+        through_pipeline = images_per_second(model, real, args.steps, args.warmup, args.batch)
+        one_batch = images_per_second(model, constant, args.steps, args.warmup, args.batch)
+        waiting = max(0.0, 1.0 - through_pipeline / one_batch)
+        print(f"  XLA {'on ' if jit else 'off'}: {through_pipeline:7.1f} img/s end to end | "
+              f"{one_batch:7.1f} img/s on one cached batch | input wait {waiting:.0%} of step time "
+              f"| model.jit_compile={model.jit_compile}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

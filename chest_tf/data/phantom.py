@@ -94,8 +94,7 @@ CHESTMNIST_PREVALENCE = {
 # Random textures are drawn on coarse grids (in image coordinates) and smoothly upsampled, so
 # they look the same at every output size.
 _MOTTLE_GRID = 20   # patchy/mottled texture of airspace disease, reticulation warp
-_HABITUS_GRID = 5   # slow soft-tissue variation (breasts, body habitus, scatter)
-_HAZE_GRID = 4      # slow variation of normal lung density
+_HABITUS_GRID = 5   # slow variation of soft tissue and lung density (breasts, habitus, scatter)
 # Pixels per internal render batch: fields of ~0.5 MB stay in cache, which is faster than
 # big arrays, and memory stays small whatever the chunk.
 _PIXEL_BUDGET = 1 << 17
@@ -126,7 +125,7 @@ ANATOMY_RANGES = {
     "heart_hh": (0.22, 0.26), "heart_tilt": (0.3, 0.5), "knob_r": (0.05, 0.07),
     # bones
     "rib_spacing": (0.125, 0.145), "rib_phase": (0.0, 1.0), "rib_curve": (0.75, 0.95),
-    "rib_density": (0.09, 0.14), "clavicle_y": (-0.72, -0.64), "clavicle_slope": (-0.30, -0.18),
+    "rib_density": (0.07, 0.12), "clavicle_y": (-0.72, -0.64), "clavicle_slope": (-0.30, -0.18),
     # hila and vessels
     "hilum_y_0": (-0.10, -0.04), "hilum_y_1": (-0.14, -0.08), "hilum_size": (0.006, 0.012),
     "vessel_phase": (0.0, 6.283), "vessel_density": (0.08, 0.22),
@@ -140,14 +139,14 @@ ANATOMY_RANGES = {
 # Shape of every finding, drawn for every image (present or not: a fixed number of draws).
 # Side-like entries are uniforms compared with a threshold where they are used.
 FINDING_RANGES = {
-    # atelectasis: plate-like band, raised hemidiaphragm, mediastinum pulled towards it
+    # atelectasis: plate-like band and a raised hemidiaphragm (volume loss)
     "atel_side": (0, 1), "atel_xm": (0.35, 0.55), "atel_above_dome": (0.10, 0.24),
     "atel_len": (0.24, 0.36), "atel_thick": (0.045, 0.065), "atel_tilt": (-0.35, 0.15),
-    "atel_raise": (0.04, 0.10), "atel_shift": (0.02, 0.04),
+    "atel_raise": (0.04, 0.10),
     # cardiomegaly: cardiothoracic ratio well above 0.5
     "cardio_widen": (1.22, 1.5), "cardio_heighten": (1.05, 1.2), "cardio_shift": (-0.02, 0.08),
     # effusion: side(s), fluid height, meniscus
-    "eff_mode": (0, 1), "eff_h_0": (0.12, 0.28), "eff_h_1": (0.12, 0.28), "eff_meniscus": (0.35, 0.6),
+    "eff_mode": (0, 1), "eff_h_0": (0.14, 0.30), "eff_h_1": (0.14, 0.30), "eff_meniscus": (0.35, 0.6),
     # infiltration: 1-3 hazy patches
     "inf_count": (0, 1),
     **{f"inf_{k}_{q}": r for k in range(3) for q, r in (
@@ -175,8 +174,8 @@ FINDING_RANGES = {
     "emph_bulla_side": (0, 1), "emph_bulla_xm": (0.35, 0.6), "emph_bulla_y": (-0.55, -0.3),
     "emph_bulla_r": (0.07, 0.11),
     # fibrosis: coarse reticulation (honeycombing), basal and peripheral or upper zone
-    "fib_spacing": (0.12, 0.16), "fib_angle": (0.0, 1.57), "fib_amp": (0.6, 0.8),
-    "fib_upper": (0, 1), "fib_raise": (0.02, 0.05),
+    "fib_spacing": (0.10, 0.13), "fib_angle": (0.0, 1.57), "fib_amp": (0.6, 0.8),
+    "fib_upper": (0, 1),
     # pleural thickening: smooth rim along the lateral chest wall and apex
     "pl_mode": (0, 1), "pl_thick": (0.05, 0.08), "pl_low": (0.0, 0.3),
     # hernia: retrocardiac gas bubble with an air-fluid level, just above the diaphragm
@@ -219,7 +218,6 @@ def draw_case(rng: np.random.Generator, size: int) -> dict:
         "uniforms": rng.random(len(_RANGES)),
         "mottle": rng.standard_normal((_MOTTLE_GRID, _MOTTLE_GRID), dtype=np.float32),
         "habitus": rng.standard_normal((_HABITUS_GRID, _HABITUS_GRID), dtype=np.float32),
-        "haze": rng.standard_normal((_HAZE_GRID, _HAZE_GRID), dtype=np.float32),
         "noise": rng.standard_normal((size, size), dtype=np.float32),
     }
 
@@ -266,10 +264,11 @@ def _upsample(grids: np.ndarray, size: int) -> np.ndarray:
     """(B, g, g) coarse random grids (unit normal) -> (B, size, size) smooth unit-variance
     fields. Elementwise sums (no BLAS), so each image's field is the same in any batch."""
     taps, weights = _upsample_taps(grids.shape[1], size)
-    rows = sum(grids[:, t, :] * w[None, :, None] for t, w in zip(taps, weights))
-    out = rows[:, :, taps[0]] * weights[0]
+    # columns first on the small grid, then whole rows (cheap contiguous gathers) at full size
+    cols = sum(grids[:, :, t] * w for t, w in zip(taps, weights))
+    out = cols[:, taps[0], :] * weights[0][:, None]
     for t, w in zip(taps[1:], weights[1:]):
-        out += rows[:, :, t] * w
+        out += cols[:, t, :] * w[:, None]
     return out
 
 
@@ -354,7 +353,7 @@ def draw_heart(fr: Frame) -> np.ndarray:
     u = (cos * dx + sin * dy) / _col(p["heart_hw"])
     v = (cos * dy - sin * dx) / _col(p["heart_hh"])
     heart = _ramp(u * u + v * v, 1.12, 0.85)
-    knob_x = fr.x - 0.05 - _col(p["mediastinal_shift"])
+    knob_x = fr.x - 0.05
     knob_y = (fr.y + 0.36) * 0.8
     knob = _ramp((knob_x * knob_x + knob_y * knob_y) / _col(p["knob_r"] + 0.02) ** 2, 1.3, 0.6)
     return np.maximum(heart, knob, out=heart)
@@ -362,7 +361,7 @@ def draw_heart(fr: Frame) -> np.ndarray:
 
 def draw_trachea(fr: Frame) -> np.ndarray:
     """Air column of the trachea (lucent) down to the carina, following the mediastinum."""
-    d = np.abs(fr.x - _col(fr.p["mediastinal_shift"]))
+    d = np.abs(fr.x)
     return _ramp(d, 0.035, 0.02) * _ramp(fr.y, -0.22, -0.32)
 
 
@@ -375,17 +374,21 @@ def draw_spine(fr: Frame) -> np.ndarray:
 
 
 def draw_ribs(fr: Frame) -> np.ndarray:
-    """Posterior ribs: bright bands rising gently from the spine and curving down laterally,
-    spaced a little wider lower down; faint anterior ribs slope the other way."""
+    """Posterior ribs (the ones that show on a PA film): bright bands rising gently from the
+    spine and curving down laterally, spaced a little wider lower down."""
     p, xm, y = fr.p, fr.xm, fr.y
-    course = xm * (_col(p["rib_curve"]) * xm - 0.36)
-    t = (y - course + 1.0) * (1.0 - 0.05 * y) / _col(p["rib_spacing"]) + _col(p["rib_phase"])
-    posterior = np.sqrt(np.clip(np.cos(t * np.float32(2 * np.pi)) - 0.2, 0.0, None))
-    anterior = np.clip(np.cos((y + 0.38 * xm) * (np.float32(2 * np.pi / 1.3) / _col(p["rib_spacing"]))) - 0.3, 0.0, None)
-    anterior *= _ramp(xm, 0.15, 0.35)
-    posterior += 0.35 * anterior
-    cage = _ramp(np.minimum(np.minimum(0.92 - xm, xm - 0.04), np.minimum(y + 0.9, 0.75 - y)), 0.0, 0.08)
-    return posterior * cage * _col(p["rib_density"])
+    t = xm * (0.36 - _col(p["rib_curve"]) * xm)
+    t += y
+    t *= 1.0 - 0.05 * y
+    t *= _col(np.float32(2 * np.pi) / p["rib_spacing"])
+    t += _col(np.float32(2 * np.pi) * p["rib_phase"])
+    ribs = np.cos(t, out=t)
+    ribs -= 0.2
+    ribs = np.sqrt(np.clip(ribs, 0.0, None, out=ribs), out=ribs)
+    cage = np.minimum(np.minimum(0.92 - xm, xm - 0.04), np.minimum(y + 0.9, 0.75 - y))
+    ribs *= _ramp(cage, 0.0, 0.08)
+    ribs *= _col(p["rib_density"])
+    return ribs
 
 
 def draw_clavicles(fr: Frame) -> np.ndarray:
@@ -401,18 +404,27 @@ def draw_vessels(fr: Frame, mottle: np.ndarray) -> np.ndarray:
     p = fr.p
     dx = fr.xm - 0.2
     dy = fr.y - fr.by_side("hilum_y")
-    d = np.sqrt(dx * dx + dy * dy)
-    angle = np.arctan2(dy, dx)
+    d2 = dx * dx
+    d2 += dy * dy
+    d = np.sqrt(d2)
+    angle = np.arctan2(dy, dx, out=dy)
     angle *= 11.0
-    angle += 9.0 * d + _col(p["vessel_phase"]) + 3.0 * mottle
+    angle += 9.0 * d
+    angle += 3.0 * mottle
+    angle += _col(p["vessel_phase"])
     streaks = np.cos(angle, out=angle)
     streaks += 1.0
-    streaks *= 0.5
-    for _ in range(3):  # ** 8, thin bright lines
+    for _ in range(3):  # (1 + cos)^8: thin bright lines (scaled back by 1/256 below)
         streaks *= streaks
-    fade = np.clip(1.0 - d * 1.4, 0.0, None)
-    hilum = np.clip(1.0 - d * d / _col(2.5 * p["hilum_size"]), 0.0, None)
-    return (streaks * fade * fade + 0.9 * hilum * hilum) * _col(p["vessel_density"])
+    fade = np.clip(1.0 - 1.4 * d, 0.0, None, out=d)
+    fade *= fade
+    streaks *= fade
+    hilum = np.clip(1.0 - d2 / _col(2.5 * p["hilum_size"]), 0.0, None, out=d2)
+    hilum *= hilum
+    streaks *= 1.0 / 256.0
+    streaks += 0.9 * hilum
+    streaks *= _col(p["vessel_density"])
+    return streaks
 
 
 def draw_gastric_bubble(fr: Frame, idx, dome) -> np.ndarray:
@@ -439,7 +451,7 @@ class Canvas:
         self.markings = np.ones(shape, np.float32)      # 0 where vessels must not show
 
 
-def draw_atelectasis(fr, cv, idx, lung):
+def draw_atelectasis(fr, cv, idx, lung, dome):
     """Plate-like (discoid) atelectasis: a bright linear band in the lower zone, above the raised
     hemidiaphragm of the same side (the volume loss is applied to the domes beforehand)."""
     x, y, side, xm, above, length, thick, tilt = fr.at(
@@ -456,9 +468,12 @@ def draw_atelectasis(fr, cv, idx, lung):
     band *= lung
     cv.opacity[idx] += band
     cv.density[idx] += 0.12 * band
-    # the box also covers the lifted dome under the band: the other half of the sign
-    lifted = (np.abs(x - cx) < length * 0.5) & (y > cy) & (y < cy + above + 0.05)
-    return (band > 0.3) | lifted
+    # the box also covers the strip of lung lost under the raised dome: the other half of the sign
+    raised_by = fr.at(idx, "atel_raise")
+    xm = fr.at(idx, "xm")
+    lost = ((fr.on_left[idx] == left) & (y > dome - 0.01) & (y < dome + raised_by)
+            & (xm > 0.1) & (xm < 0.85))
+    return (band > 0.3) | lost
 
 
 def draw_effusion(fr, cv, idx, lung, dome):
@@ -468,7 +483,9 @@ def draw_effusion(fr, cv, idx, lung, dome):
     on_left = fr.on_left[idx]
     present = np.where(on_left, mode >= 0.45, mode < 0.75)   # 45% right, 25% left, 30% both
     height = fr.by_side("eff_h", idx)
-    base = fr.by_side("dome_top", idx) + 0.14
+    # the fluid rises from the costophrenic angle, the lowest lateral point of the lung
+    curve, peak = fr.at(idx, "dome_curve", "dome_peak")
+    base = fr.by_side("dome_top", idx) + curve * (0.78 - peak) ** 2 + 0.03
     lateral = np.clip((xm - 0.1) * (1 / 0.72), 0.0, 1.0)
     surface = base - height * (1.0 - meniscus * (1.0 - lateral * lateral))
     fluid = _ramp(y - surface, -0.015, 0.03) * present
@@ -489,7 +506,7 @@ def draw_infiltration(fr, cv, idx, mottle):
         np.maximum(haze, patch, out=haze)
     haze *= 0.85 + 0.3 * np.tanh(mottle)
     cv.opacity[idx] += haze
-    return haze > 0.1
+    return haze > 0.05
 
 
 def _round_opacity(fr, cv, idx, x, y, cx, cy, r):
@@ -531,7 +548,7 @@ def draw_pneumonia(fr, cv, idx, mottle):
     extent = np.maximum(_gauss(x, y, cx, cy, r), _gauss(x, y, -cx, cy, r) * (bilateral < 0.25))
     patchy = extent * (0.35 + 0.9 * np.clip(mottle + 0.3, 0.0, 1.2)) * amp
     cv.opacity[idx] += patchy
-    return extent > 0.3
+    return extent > 0.15
 
 
 def draw_pneumothorax(fr, cv, idx, lung, outer):
@@ -628,9 +645,9 @@ def draw_pleural_thickening(fr, cv, idx, lung, outer):
 def draw_hernia(fr, cv, idx):
     """Hiatus hernia: a retrocardiac gas bubble with an air-fluid level and a soft-tissue wall,
     just above the diaphragm behind the heart."""
-    x, y, hx, shift, r, level_u, top0, top1 = fr.at(
-        idx, "x", "y", "hernia_x", "mediastinal_shift", "hernia_r", "hernia_level", "dome_top_0", "dome_top_1")
-    cx, cy = hx + shift, np.minimum(top0, top1) + 0.06 - r
+    x, y, cx, r, level_u, top0, top1 = fr.at(
+        idx, "x", "y", "hernia_x", "hernia_r", "hernia_level", "dome_top_0", "dome_top_1")
+    cy = np.minimum(top0, top1) + 0.06 - r
     d = np.sqrt((x - cx) ** 2 + (y - cy) ** 2) / r
     sac = _ramp(d, 1.08, 0.95)
     level = cy + level_u * r
@@ -641,7 +658,7 @@ def draw_hernia(fr, cv, idx):
 
 
 FINDING_DRAWERS = {
-    "atelectasis": lambda fr, cv, i, f: draw_atelectasis(fr, cv, i, f["lung"][i]),
+    "atelectasis": lambda fr, cv, i, f: draw_atelectasis(fr, cv, i, f["lung"][i], f["dome"][i]),
     "cardiomegaly": lambda fr, cv, i, f: f["heart"][i] > 0.5,   # drawn by draw_heart, enlarged
     "effusion": lambda fr, cv, i, f: draw_effusion(fr, cv, i, f["lung"][i], f["dome"][i]),
     "infiltration": lambda fr, cv, i, f: draw_infiltration(fr, cv, i, f["mottle"][i]),
@@ -677,18 +694,10 @@ def apply_volume_changes(p: dict) -> dict:
     p["lung_cy"] = p["lung_cy"] + 0.5 * drop
     p["dome_curve"] = p["dome_curve"] * where(has["emphysema"], p["emph_flatten"], 1.0)
     p["heart_hw"] = p["heart_hw"] * where(has["emphysema"] & ~has["cardiomegaly"], 0.88, 1.0)
-    # fibrosis: small lungs
-    lift = where(has["fibrosis"], p["fib_raise"], 0.0)
-    top0, top1 = top0 - lift, top1 - lift
-    # atelectasis: the hemidiaphragm of the collapsed side rises, the mediastinum moves to it
+    # atelectasis: volume loss lifts the hemidiaphragm of the collapsed side
     raise_ = where(has["atelectasis"], p["atel_raise"], 0.0)
     left = p["atel_side"] >= 0.5
     top0, top1 = top0 - where(left, 0.0, raise_), top1 - where(left, raise_, 0.0)
-    shift = where(has["atelectasis"], p["atel_shift"] * where(left, 1.0, -1.0), 0.0)
-    p["mediastinal_shift"] = shift
-    p["heart_cx"] = p["heart_cx"] + shift
-    p["lung_medial_0"] = p["lung_medial_0"] - shift   # the mediastinal edges move with it
-    p["lung_medial_1"] = p["lung_medial_1"] + shift
     p["dome_top_0"], p["dome_top_1"] = top0, top1
     return {k: v if k == "labels" else np.asarray(v, np.float32) for k, v in p.items()}
 
@@ -738,7 +747,8 @@ def render_density(p: dict, size: int):
     filling *= cv.markings
     filling += heart
     filling += cv.opacity
-    filling += _col(p["lung_haze"]) * _upsample(p["haze"], render)
+    habitus = _upsample(p["habitus"], render)
+    filling += _col(p["lung_haze"]) * habitus
     air = np.clip(1.0 - filling, 0.0, 1.0, out=filling)
     air *= lung
     depth = _ramp(shared["outer"], -0.07, 0.2)      # the lung is thickest (darkest) mid-field
@@ -748,7 +758,9 @@ def render_density(p: dict, size: int):
     air *= cv.lucency
     air *= _col(p["lucency"])
     density = draw_thorax(fr)
-    density *= 1.0 + _col(p["habitus_amp"]) * _upsample(p["habitus"], render)
+    habitus *= _col(p["habitus_amp"])
+    habitus += 1.0
+    density *= habitus
     density += draw_spine(fr)
     density += draw_ribs(fr)
     density += draw_clavicles(fr)

@@ -166,3 +166,27 @@ def test_cli_offline_download_is_one_line(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: could not download chestmnist") and done.stderr.count("\n") == 1
+
+
+def test_uncached_multi_shard_reads(tmp_path):
+    """Large sizes are not cached: training shuffles shard files, evaluation keeps file order."""
+    from chest_tf.data import builder as builder_lib
+
+    path = write_npz(tmp_path / "chestmnist.npz", counts=(300, 40, 40))
+    config = __import__("tensorflow_datasets").download.DownloadConfig(num_shards=4)
+    with pytest.warns(UserWarning):
+        built = builder_lib.make_builder(
+            "chestmnist", 28, path, tmp_path / "records", npz.inspect_npz(path, CHEST, 28)
+        )
+    built.download_and_prepare(download_config=config)
+    assert len(list(Path(built.data_dir).glob("*train.tfrecord*"))) > 1
+    from chest_tf.data.pipeline import DatasetHandle
+
+    handle = DatasetHandle(info=CHEST, size=28, npz_path=path, builder=built)
+    labels = np.concatenate([y.numpy() for _, y in handle.batches("train", 50, training=True, seed=0, cache=False)])
+    assert labels.shape == (300, 14)
+    source = np.load(path)["train_labels"]
+    assert not np.array_equal(labels, source)  # shuffled ...
+    assert np.array_equal(np.sort(labels, axis=0), np.sort(source, axis=0))  # ... but all there
+    ordered = np.concatenate([y.numpy() for _, y in handle.batches("train", 50, cache=False)])
+    np.testing.assert_array_equal(ordered, source)

@@ -159,10 +159,13 @@ def prepare(
     if verbose:
         print(f"preparing {config_name(dataset, size)} records from {npz_path} into {version_dir}", file=sys.stderr)
     config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+    tfds.display_progress_bar(verbose)  # TFDS's own progress bars are the "with progress"
     try:
         with _bounded_shuffler_memory():
             builder.download_and_prepare(download_config=config)
     except PermissionError as exc:
         raise DataError(f"cannot write records under {records_dir} ({exc}); pass a writable --data-dir") from exc
+    finally:
+        tfds.display_progress_bar(True)
     stamp.write_text(json.dumps(identity))
     return builder

@@ -134,7 +134,7 @@ class DatasetHandle:
             )
         cache = self.size <= CACHE_MAX_SIZE if cache is None else cache
         ordered = deterministic or not training
-        read_config = tfds_read_config(seed, ordered)
+        read_config = tfds_read_config(seed, ordered, shuffle_files=training and not cache)
         ds = self.builder.as_dataset(split=split, shuffle_files=training and not cache, read_config=read_config)
         ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
         if cache:
@@ -159,12 +159,16 @@ class DatasetHandle:
         return int(min(n, max(1024, SHUFFLE_BUFFER_BYTES // image_bytes)))
 
 
-def tfds_read_config(seed: int | None, ordered: bool):
+def tfds_read_config(seed: int | None, ordered: bool, shuffle_files: bool):
+    """Evaluation reads shards one after another (file order); training may interleave and
+    shuffle them, which TFDS guards against for datasets written in order unless told."""
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     options = tf.data.Options()
     options.deterministic = ordered
-    return tfds.ReadConfig(shuffle_seed=seed, options=options, add_tfds_id=False)
+    if shuffle_files:
+        return tfds.ReadConfig(shuffle_seed=seed, options=options, add_tfds_id=False, enable_ordering_guard=False)
+    return tfds.ReadConfig(shuffle_seed=seed, options=options, add_tfds_id=False, interleave_cycle_length=1)
 
 
 def load_dataset(

@@ -83,6 +83,10 @@ IMAGENET_SOURCES = {
 }
 
 
+# Overrides that would change weight shapes away from the keras.applications checkpoints.
+_CHECKPOINT_SHAPE = {"width": 64, "growth_rate": 32, "compression": 0.5}
+
+
 def _check_name(name: str) -> str:
     if name not in ARCHS:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHS))}")
@@ -149,6 +153,9 @@ def _imagenet_overrides(name: str, input_shape, overrides: dict) -> dict:
                          f"use a larger image size or weights=None")
     if channels not in (1, 3):
         raise ValueError(f"weights='imagenet' needs 1 or 3 input channels, got {channels}")
+    for key, value in _CHECKPOINT_SHAPE.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(f"weights='imagenet' needs the standard {key}={value}; drop {key}=")
     if overrides.get("stem", "imagenet") != "imagenet":
         raise ValueError("weights='imagenet' needs the 7x7 ImageNet stem; drop stem= or pass stem='imagenet'")
     resolved = {**overrides, "stem": "imagenet", "imagenet_preprocessing": IMAGENET_SOURCES[name][1]}

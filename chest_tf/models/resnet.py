@@ -132,9 +132,9 @@ def build_resnet(
     name = name or f"resnet{depth}"
     block, stage_blocks = RESNET_DEPTHS[depth]
     log.info(
-        "building %s: input_shape=%s num_classes=%d stem=%s block=%s stages=%s stride_on=%s "
-        "head_dropout=%s imagenet_preprocessing=%s",
-        name, input_shape, num_classes, stem, block, stage_blocks, stride_on, head_dropout,
+        "building %s: input_shape=%s num_classes=%d stem=%s width=%d block=%s stages=%s "
+        "stride_on=%s head_dropout=%s imagenet_preprocessing=%s",
+        name, input_shape, num_classes, stem, width, block, stage_blocks, stride_on, head_dropout,
         imagenet_preprocessing,
     )
 

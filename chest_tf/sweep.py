@@ -526,6 +526,14 @@ def log_hparams(run_dir: Path, hparams: dict[str, Any], trial_id: str, metrics: 
     os.replace(tmp, run_dir / HPARAMS_MARKER)
 
 
+def quiet_retracing_warnings() -> None:
+    """Several trainings in one process make tf.function warn about retracing on every new model;
+    that is expected here, so TensorFlow's Python logger shows errors only."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    tf.get_logger().setLevel("ERROR")
+
+
 def run_or_skip(config: RunConfig, run_dir: Path, *, name: str, hparams: dict[str, Any], verbose: int | str = 2,
                 evaluate: bool = True) -> str:
     """Train ``config`` into ``run_dir`` unless it has finished there already; an interrupted run
@@ -1029,6 +1037,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.leaderboard_only:
         print_plan(sweep, selected, sweep_dir)
         import tensorflow as tf  # noqa: PLC0415
+
+        quiet_retracing_warnings()
 
         started = time.perf_counter()
         for index, run in enumerate(selected, 1):

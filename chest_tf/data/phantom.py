@@ -7,16 +7,35 @@ image right, posterior ribs, clavicles, spine, trachea, hila with vessels, diaph
 ChestMNIST findings are drawn where a radiologist would look for them, and a box per finding per
 image records where each was drawn (for Grad-CAM pointing-game checks).
 
-The map is rendered at an internal size (a whole multiple of the target size, so small sizes come
+The map is rendered at an internal size (twice the target for 28 and 64 px, so small sizes come
 out area-downsampled like MedMNIST's resized radiographs), then passed through a random exposure
 (auto-windowed on the image mean, so the mean carries no label information) and quantum noise.
+Pose (shift, scale, rotation), body build, lung density and exposure vary widely from image to
+image so that no single pixel predicts a label well, while the findings stay visible at 28 px.
 
 Determinism: every image draws all its random numbers from its own generator, seeded from
 (seed, split, index), so image i is the same whatever chunk it is generated in, splits are
-independent streams, and the same seed gives bit-identical arrays. Numpy only (no TensorFlow).
+independent streams, and the same seed gives bit-identical arrays (on one platform: float32
+transcendental functions may differ in the last bit between CPUs). Numpy only (no TensorFlow).
 
-Prevalences are deliberately higher than ChestMNIST's (see ``PREVALENCE`` and
-``CHESTMNIST_PREVALENCE``) so that every label is learnable from a few thousand images.
+Label rates (``PREVALENCE``, exact under the co-occurrence model below) against the real rates of
+NIH ChestX-ray14, from which ChestMNIST is made (``CHESTMNIST_PREVALENCE``). The phantom's are
+deliberately higher, so that every label is learnable from a few thousand images:
+
+    label          phantom  real      label          phantom  real
+    atelectasis     14.8%   10.3%     pneumothorax     5.0%    4.7%
+    cardiomegaly    12.8%    2.5%     consolidation    9.0%    4.2%
+    effusion        14.2%   11.9%     edema            8.6%    2.1%
+    infiltration    23.0%   17.7%     emphysema        7.4%    2.2%
+    mass             6.0%    5.2%     fibrosis         6.8%    1.5%
+    nodule           8.0%    5.6%     pleural          6.6%    3.0%
+    pneumonia        8.8%    1.3%     hernia           4.0%    0.2%
+    no finding      31.1%   53.8%
+
+Usage::
+
+    images, labels, boxes = generate_split(28, 1000, seed=0, split="train")
+    write_phantom("phantom_28.npz", size=28)        # + phantom_28_boxes.npz beside it
 """
 from __future__ import annotations
 
@@ -274,7 +293,7 @@ def _upsample(grids: np.ndarray, size: int) -> np.ndarray:
 
 def _signed_x(side, xm):
     """Anatomical x of a point ``xm`` from the midline on a side (side >= 0.5: patient's left)."""
-    return np.where(np.asarray(side) >= 0.5, xm, -np.asarray(xm)).astype(np.float32)
+    return np.where(side >= 0.5, xm, -xm)
 
 
 def _disc(x, y, cx, cy, r, edge=0.15):
@@ -284,6 +303,7 @@ def _disc(x, y, cx, cy, r, edge=0.15):
 
 
 def _gauss(x, y, cx, cy, r):
+    """Soft, ill-defined patch of scale r (haze)."""
     return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (r * r))
 
 
@@ -311,11 +331,12 @@ class Frame:
             right, left, side = right[idx], left[idx], side[idx]
         return np.where(side, _col(left), _col(right))
 
+    FIELDS = ("x", "y", "xm", "on_left")
+
     def at(self, idx, *names):
-        """Fields (or per-image parameters as (b,1,1)) restricted to the images ``idx``."""
-        out = []
-        for name in names:
-            out.append(getattr(self, name)[idx] if hasattr(self, name) else _col(self.p[name][idx]))
+        """Fields, or per-image parameters as (b, 1, 1), restricted to the images ``idx``."""
+        out = [getattr(self, name)[idx] if name in self.FIELDS else _col(self.p[name][idx])
+               for name in names]
         return out if len(out) > 1 else out[0]
 
 
@@ -360,7 +381,7 @@ def draw_heart(fr: Frame) -> np.ndarray:
 
 
 def draw_trachea(fr: Frame) -> np.ndarray:
-    """Air column of the trachea (lucent) down to the carina, following the mediastinum."""
+    """Air column of the trachea (lucent) in the midline, down to the carina."""
     d = np.abs(fr.x)
     return _ramp(d, 0.035, 0.02) * _ramp(fr.y, -0.22, -0.32)
 
@@ -502,7 +523,7 @@ def draw_infiltration(fr, cv, idx, mottle):
     haze = np.zeros_like(x)
     for k in range(3):
         side, xm, cy, r, amp = fr.at(idx, *(f"inf_{k}_{q}" for q in ("side", "xm", "y", "r", "amp")))
-        patch = _gauss(x, y, np.where(side >= 0.5, xm, -xm), cy, r) * (amp * (k < count))
+        patch = _gauss(x, y, _signed_x(side, xm), cy, r) * (amp * (k < count))
         np.maximum(haze, patch, out=haze)
     haze *= 0.85 + 0.3 * np.tanh(mottle)
     cv.opacity[idx] += haze
@@ -520,7 +541,7 @@ def draw_mass(fr, cv, idx):
     """Mass: one large (>3 cm) round, lobulated, well-defined opacity in a lung field."""
     x, y, side, xm, cy, r, lobes, phase = fr.at(
         idx, "x", "y", "mass_side", "mass_xm", "mass_y", "mass_r", "mass_lobes", "mass_phase")
-    cx = np.where(side >= 0.5, xm, -xm)
+    cx = _signed_x(side, xm)
     radius = r * (1.0 + lobes * np.cos(5.0 * np.arctan2(y - cy, x - cx) + phase))
     return _round_opacity(fr, cv, idx, x, y, cx, cy, radius) > 0.3
 
@@ -531,7 +552,7 @@ def draw_nodule(fr, cv, idx):
     mask = np.zeros(x.shape, bool)
     for k in range(2):
         side, xm, cy, r = fr.at(idx, *(f"nod_{k}_{q}" for q in ("side", "xm", "y", "r")))
-        disc = _disc(x, y, np.where(side >= 0.5, xm, -xm), cy, r)
+        disc = _disc(x, y, _signed_x(side, xm), cy, r)
         disc *= (k == 0) | (count_u > 0.6)            # a second nodule in 40% of cases
         cv.opacity[idx] += disc
         cv.density[idx] += 0.35 * disc                # denser than soft tissue (often calcified)
@@ -544,7 +565,7 @@ def draw_pneumonia(fr, cv, idx, mottle):
     quarter of cases): denser spots within a looser haze."""
     x, y, side, bilateral, xm, cy, r, amp = fr.at(
         idx, "x", "y", "pna_side", "pna_bilateral", "pna_xm", "pna_y", "pna_r", "pna_amp")
-    cx = np.where(side >= 0.5, xm, -xm)
+    cx = _signed_x(side, xm)
     extent = np.maximum(_gauss(x, y, cx, cy, r), _gauss(x, y, -cx, cy, r) * (bilateral < 0.25))
     patchy = extent * (0.35 + 0.9 * np.clip(mottle + 0.3, 0.0, 1.2)) * amp
     cv.opacity[idx] += patchy
@@ -572,7 +593,7 @@ def draw_consolidation(fr, cv, idx, lung, mottle):
     x, y, side, lower_u, xm, fissure, r, amp = fr.at(
         idx, "x", "y", "cons_side", "cons_lower", "cons_xm", "cons_fissure", "cons_r", "cons_amp")
     lower = lower_u < 0.6                                 # lower lobes more often
-    cx = np.where(side >= 0.5, xm, -xm)
+    cx = _signed_x(side, xm)
     beyond_fissure = np.where(lower, y - fissure, fissure - y)
     cy = fissure + np.where(lower, 0.55, -0.55) * r
     lobe = _disc(x, y, cx, cy, r, edge=0.25) * _ramp(beyond_fissure, -0.004, 0.008)
@@ -602,7 +623,7 @@ def draw_emphysema(fr, cv, idx, lung):
         idx, "x", "y", "xm", "emph_lucency", "emph_bulla_side", "emph_bulla_xm", "emph_bulla_y", "emph_bulla_r")
     cv.lucency[idx] *= 1.0 + (lucency - 1.0) * lung
     cv.markings[idx] *= 1.0 - 0.6 * lung * _ramp(xm, 0.4, 0.6)
-    d = np.sqrt(((x - np.where(side >= 0.5, bxm, -bxm)) ** 2 + (y - by) ** 2)) / br
+    d = np.sqrt(((x - _signed_x(side, bxm)) ** 2 + (y - by) ** 2)) / br
     bulla = _ramp(d, 1.0, 0.85) * lung
     wall = np.clip(1.0 - ((d - 1.0) * (1 / 0.1)) ** 2, 0.0, None) * lung
     cv.lucency[idx] *= 1.0 + 0.25 * bulla

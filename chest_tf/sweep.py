@@ -85,6 +85,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -302,7 +303,7 @@ def parse_sweep(doc: dict[str, Any], *, source: str | None = None, default_name:
         run_name = _check_name(run["name"], f"{what} name", source)
         config = _apply_sections(base, run, f"run {run_name!r}", source)
         run_seeds = _check_seeds(run["seeds"], f"run {run_name!r} seeds", source) if "seeds" in run else seeds
-        settings = {k: v for k, v in _flatten({s: run[s] for s in SECTIONS if s in run}).items()}
+        settings = _flatten({s: run[s] for s in SECTIONS if s in run})
         run_sets.append((run_name, config, run_seeds, settings))
     if not run_sets:
         run_sets.append((None, base, seeds, {}))
@@ -333,10 +334,7 @@ def parse_sweep(doc: dict[str, Any], *, source: str | None = None, default_name:
                                                           {**settings, "train.seed": seed})))
     planned.sort(key=lambda item: (item[0], item[1]))
     runs = [run for _, _, run in planned]
-    seen: dict[str, int] = {}
-    for run in runs:
-        seen[run.name] = seen.get(run.name, 0) + 1
-    duplicates = sorted(n for n, count in seen.items() if count > 1)
+    duplicates = sorted(n for n, count in Counter(r.name for r in runs).items() if count > 1)
     if duplicates:
         raise ConfigError(f"{_where(source)}run names repeat: {duplicates}; give [[runs]] distinct names")
     return Sweep(name, base, runs, description, source, grid)

@@ -160,6 +160,9 @@ def test_write_phantom_is_medmnist_format_and_matches_generate_split(tmp_path):
     with zipfile.ZipFile(path) as archive:  # stored, so members can be streamed back
         assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["phantom_28.npz", "phantom_28_boxes.npz"]
+    plain = tmp_path / "plain"
+    plain.touch()  # the written files get the permissions any new file gets here (umask)
+    assert path.stat().st_mode == plain.stat().st_mode == phantom.boxes_path(path).stat().st_mode
 
 
 def test_write_phantom_replaces_an_existing_file_and_cleans_up_on_failure(tmp_path, monkeypatch):

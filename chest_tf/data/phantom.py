@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from pathlib import Path
@@ -878,9 +878,16 @@ def _write_member(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> Non
 
 
 def _temp_beside(path: Path) -> Path:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(temp)
+    """A new empty file next to ``path`` (same filesystem, so os.replace is atomic), created with
+    the usual permissions (mkstemp's would leave the final file readable by its owner only)."""
+    for _ in range(100):
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def write_phantom(path, size: int = 28, counts: dict | None = None, seed: int = 0,

@@ -187,27 +187,28 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Seconds and images/s per epoch, appended to timing.json (kept across resumes)."""
+    """Seconds and training images/s per epoch, appended to timing.json (kept across resumes).
+    Images/s leaves out each epoch's first step, which pays for tracing and compilation."""
 
-    def __init__(self, path: Path, images_per_epoch: int):
+    def __init__(self, path: Path, batch_size: int):
         super().__init__()
-        self.path, self.images_per_epoch = path, images_per_epoch
+        self.path, self.batch_size = path, batch_size
         self.records = json.loads(path.read_text())["epochs"] if path.exists() else []
+        self._started = self._after_first = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
+        self._started, self._after_first = time.perf_counter(), None
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == 0:  # the first step of the epoch includes compilation: time the rest separately
+        if batch == 0:
             self._after_first = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         record = {"epoch": epoch + 1, "seconds": now - self._started}
-        steps_after_first = self.params.get("steps") or 0
-        if steps_after_first > 1 and hasattr(self, "_after_first"):
-            per_image = (now - self._after_first) / ((steps_after_first - 1) * self.images_per_epoch / steps_after_first)
-            record["train_images_per_second"] = 1.0 / per_image
+        steps = self.params.get("steps") or 0
+        if steps > 1 and self._after_first is not None:
+            record["train_images_per_second"] = (steps - 1) * self.batch_size / (now - self._after_first)
         self.records = [r for r in self.records if r["epoch"] != epoch + 1] + [record]
         _write_json_atomic(self.path, {"epochs": self.records, **summarise_timing(self.records)})
 
@@ -357,14 +358,14 @@ def _auc_metric(handle: DatasetHandle) -> keras.metrics.Metric:
     return keras.metrics.AUC(multi_label=True, num_labels=handle.info.num_outputs, from_logits=True, name="auc")
 
 
-def build_callbacks(run_dir, classifier, augmenter, handle, config, images_per_epoch):
+def build_callbacks(run_dir, classifier, augmenter, handle, config):
     train = config.train
     preview = next(iter(handle.batches("val", 8)))[0].numpy()
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch", delete_checkpoint=True),
         LearningRateLogger(),
         BestModelCheckpoint(classifier, run_dir),
-        EpochTimer(run_dir / "timing.json", images_per_epoch),
+        EpochTimer(run_dir / "timing.json", train.batch_size),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, update_freq="epoch"),
@@ -455,7 +456,7 @@ def _fit(config, run_dir, runtime, resuming, evaluate, verbose) -> TrainResult:
             metrics=[_auc_metric(handle)],
             jit_compile=runtime.jit_compile,
         )
-    callbacks = build_callbacks(run_dir, classifier, augmenter, handle, config, steps * train.batch_size)
+    callbacks = build_callbacks(run_dir, classifier, augmenter, handle, config)
     history = model.fit(
         train_ds, epochs=train.epochs, steps_per_epoch=steps, validation_data=val_ds,
         callbacks=callbacks, verbose=verbose, shuffle=False,  # the pipeline shuffles

@@ -533,9 +533,10 @@ def quiet_retracing_warnings() -> None:
 
 
 def run_or_skip(config: RunConfig, run_dir: Path, *, name: str, hparams: dict[str, Any], verbose: int | str = 2,
-                evaluate: bool = True) -> str:
+                evaluate: bool = True, metrics=None) -> str:
     """Train ``config`` into ``run_dir`` unless it has finished there already; an interrupted run
-    resumes (chest_tf.train). Logs the HParams session once. Returns "skipped" or "trained"."""
+    resumes (chest_tf.train). Logs the HParams session once, with ``metrics(run_dir)`` (default
+    ``final_metrics``). Returns "skipped" or "trained"."""
     state = run_state(run_dir)
     if state == "finished":
         diffs = saved_config_differences(run_dir, config)
@@ -554,7 +555,7 @@ def run_or_skip(config: RunConfig, run_dir: Path, *, name: str, hparams: dict[st
         train(config, run_dir, verbose=verbose, evaluate=evaluate)
         outcome = "trained"
     if not (run_dir / HPARAMS_MARKER).exists():
-        log_hparams(run_dir, hparams, name, final_metrics(run_dir))
+        log_hparams(run_dir, hparams, name, (metrics or final_metrics)(run_dir))
     return outcome
 
 

@@ -61,9 +61,8 @@ from chest_tf.sweep import (
     config_differences,
     quiet_retracing_warnings,
     config_to_toml,
-    log_hparams,
     read_run,
-    run_state,
+    run_or_skip,
     set_setting,
     write_hparams_config,
 )
@@ -174,6 +173,14 @@ def space_values(config: RunConfig, names: list[str]) -> dict[str, Any]:
 # One trial: train, then the objective on validation only
 
 
+def _dataset(config: RunConfig):
+    from chest_tf.data.pipeline import load_dataset  # noqa: PLC0415
+
+    data = config.data
+    return load_dataset(data.dataset, data.size, data_dir=data.data_dir, records_dir=data.records_dir,
+                        npz_path=data.npz)
+
+
 def validation_score(run_dir: Path, config: RunConfig) -> dict[str, float]:
     """MedMNIST-formula val AUC and ACC of ``run_dir/best.keras`` (cached in val.json)."""
     path = run_dir / VAL_FILE
@@ -182,12 +189,9 @@ def validation_score(run_dir: Path, config: RunConfig) -> dict[str, float]:
     if not (run_dir / "best.keras").exists():
         raise ChestTFError(f"{run_dir} has no best.keras (no epoch gave a finite validation AUC)")
     from chest_tf import metrics as metrics_lib  # noqa: PLC0415
-    from chest_tf.data.pipeline import load_dataset  # noqa: PLC0415
     from chest_tf.evaluate import load_keras_model, predict_split  # noqa: PLC0415
 
-    data = config.data
-    handle = load_dataset(data.dataset, data.size, data_dir=data.data_dir, records_dir=data.records_dir,
-                          npz_path=data.npz)
+    handle = _dataset(config)
     model = load_keras_model(run_dir / "best.keras")
     scores = metrics_lib.scores_from_logits(predict_split(model, handle, "val", config.train.batch_size),
                                             handle.info.task)
@@ -201,52 +205,30 @@ def validation_score(run_dir: Path, config: RunConfig) -> dict[str, float]:
 
 
 def run_trial(config: RunConfig, run_dir: Path, *, name: str, hparams: dict[str, Any], verbose: int) -> dict:
-    """Train (or skip / resume) one trial, then score it on validation; logs the HParams session."""
-    state = run_state(run_dir)
-    if state != "finished":
-        import keras  # noqa: PLC0415
+    """Train (or skip / resume) one trial without touching test, then score it on validation; its
+    HParams session carries the validation score and timing."""
 
-        from chest_tf.train import train  # noqa: PLC0415
-
-        keras.backend.clear_session()
-        print(f"{'resuming' if state == 'interrupted' else 'running'} {name} -> {run_dir}", flush=True)
-        train(config, run_dir, verbose=verbose, evaluate=False)
-    elif saved_differs(run_dir, config):
-        raise ConfigError(f"{run_dir} holds a finished run with other settings; pass --overwrite or use another --out")
-    score = validation_score(run_dir, config)
-    if not (run_dir / "hparams.json").exists():
+    def trial_metrics(run_dir: Path) -> dict[str, float]:
+        values = {f"final/{k}": v for k, v in validation_score(run_dir, config).items()}
         timing = read_run(run_dir)
-        metrics = {f"final/{k}": v for k, v in score.items()}
         for tag, key in (("final/seconds_per_epoch", "s_per_epoch"), ("final/total_seconds", "total_s")):
             if isinstance(timing.get(key), (int, float)):
-                metrics[tag] = float(timing[key])
-        log_hparams(run_dir, hparams, name, metrics)
-    return score
+                values[tag] = float(timing[key])
+        return values
 
-
-def saved_differs(run_dir: Path, config: RunConfig) -> bool:
-    saved = json.loads((run_dir / "config.json").read_text())["config"]
-    return bool(config_differences(saved, json.loads(json.dumps(config.to_dict()))))
+    run_or_skip(config, run_dir, name=name, hparams=hparams, verbose=verbose, evaluate=False, metrics=trial_metrics)
+    return validation_score(run_dir, config)
 
 
 def full_evaluation(run_dir: Path, config: RunConfig) -> dict:
-    """The eval/ report (val and test, chest_tf.evaluate) of a finished trial, once."""
+    """The eval/ report (val and test) of a finished trial, once, as training writes it."""
     metrics_path = run_dir / "eval" / "metrics.json"
     if metrics_path.exists():
         return json.loads(metrics_path.read_text())
-    from chest_tf.data.pipeline import load_dataset  # noqa: PLC0415
-    from chest_tf.evaluate import evaluate_model, load_keras_model  # noqa: PLC0415
+    from chest_tf.train import Runtime, evaluate_best  # noqa: PLC0415
 
-    data = config.data
-    handle = load_dataset(data.dataset, data.size, data_dir=data.data_dir, records_dir=data.records_dir,
-                          npz_path=data.npz)
-    saved = json.loads((run_dir / "config.json").read_text())
-    return evaluate_model(
-        load_keras_model(run_dir / "best.keras"), handle, run_dir / "eval", model_name=config.model.arch,
-        batch_size=config.train.batch_size, seed=config.train.seed, history_csv=run_dir / "history.csv",
-        run_info={"run_dir": str(run_dir), "best": json.loads((run_dir / "best.json").read_text()),
-                  "runtime": saved.get("runtime")},
-    )
+    runtime = Runtime(**json.loads((run_dir / "config.json").read_text())["runtime"])
+    return evaluate_best(run_dir, _dataset(config), config, runtime)
 
 
 def log_test_metrics(run_dir: Path, result: dict) -> None:

@@ -49,9 +49,10 @@ import json
 import math
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from chest_tf.cli import quiet_tensorflow, run_cli
 from chest_tf.errors import ChestTFError, ConfigError
@@ -105,10 +106,9 @@ def resolve_method(model, method: str | None) -> str:
 
 
 def _input_hwc(model) -> tuple[int, int, int]:
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or any(d is None for d in shape[1:]):
-        raise ConfigError(f"the model's input shape {shape} must be (None, H, W, C) with H, W, C fixed")
-    return int(shape[1]), int(shape[2]), int(shape[3])
+    from chest_tf.export import model_input_spec  # noqa: PLC0415
+
+    return model_input_spec(model)
 
 
 def _has_class_token(model) -> bool:
@@ -386,10 +386,10 @@ def peak_pixels(heatmaps, rtol: float = 1e-6) -> np.ndarray:
     tied pixel nearest the tied pixels' centroid (first in row-major order if still tied), so a
     plateau points at its middle, not at its top-left corner."""
     heatmaps = np.asarray(heatmaps, np.float64)
-    n, height, width = heatmaps.shape
+    n, _, width = heatmaps.shape
     flat = heatmaps.reshape(n, -1)
     peaks = flat.argmax(axis=1) if n else np.zeros(0, np.int64)
-    top = flat.max(axis=1, initial=-np.inf) if n else np.zeros(0)
+    top = flat.max(axis=1) if n else np.zeros(0)
     for i in range(n):
         tied = np.flatnonzero(flat[i] >= top[i] - rtol * max(abs(top[i]), 1e-30))
         if len(tied) > 1:
@@ -435,7 +435,7 @@ def wilson_interval(hits: int, n: int, z: float = 1.959964) -> tuple[float, floa
 
 
 def _summary(scores: dict[str, np.ndarray]) -> dict[str, Any]:
-    n = int(len(scores["hit"]))
+    n = len(scores["hit"])
     hits = int(scores["hit"].sum())
 
     def mean(key):
@@ -676,12 +676,13 @@ def spearman(a, b) -> np.ndarray:
     return out
 
 
-def sanity_check(model, images, targets, method: str | None = None, *, seed: int = 0, cascade: bool = True,
+def sanity_check(model, images, targets, method: str | None = None, *, seed: int = 0, cascade: bool | int = True,
                  layer: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
     """Rank correlation (Spearman, per image, then mean and median) between the trained model's
     heatmaps and those of copies with re-initialised weights: cascading from the output
-    (``weight_groups`` order, each step adding the next group) and in full. Heatmaps that
-    explain the model should decorrelate; a method that mostly reflects the input would not.
+    (``weight_groups`` order, each step adding the next group; ``cascade=N``: the first N steps
+    only, False: none) and in full. Heatmaps that explain the model should decorrelate; a method
+    that mostly reflects the input would not.
 
     Returns {"method", "n", "steps": [{"randomized": "predictions" / "... + conv5" / "all",
     "spearman_mean", "spearman_median", "abs_spearman_mean"}, ...]}."""
@@ -694,7 +695,10 @@ def sanity_check(model, images, targets, method: str | None = None, *, seed: int
     plan: list[tuple[str, list[str] | None]] = []
     if cascade:
         done: list[str] = []
-        for prefix, names in weight_groups(model):
+        groups = weight_groups(model)
+        if not isinstance(cascade, bool):
+            groups = groups[:int(cascade)]
+        for prefix, names in groups:
             done = done + names
             plan.append((prefix, list(done)))
     plan.append(("all", None))
@@ -714,7 +718,7 @@ def sanity_check(model, images, targets, method: str | None = None, *, seed: int
             "abs_spearman_mean": float(np.nanmean(np.abs(rho))),
             "constant_maps": int(np.isnan(rho).sum()),
         })
-    return {"method": explainer.method, "layer": explainer.layer, "n": int(len(images)), "steps": steps}
+    return {"method": explainer.method, "layer": explainer.layer, "n": len(images), "steps": steps}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -806,7 +810,9 @@ def save_overlay(panel: Panel, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     _draw_panel(left, panel, overlay=False, title="X-ray")
-    _draw_panel(right, panel, overlay=True, title=METHOD_TITLES[panel.method])
+    empty = not np.any(panel.heatmap > 0)
+    _draw_panel(right, panel, overlay=True,
+                title=METHOD_TITLES[panel.method] + (": no positive evidence (empty map)" if empty else ""))
     mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=OVERLAY_CMAP)
     fig.colorbar(mappable, ax=right, fraction=0.046, pad=0.03, label="relevance")
     fig.suptitle(f"{panel.finding}: p = {panel.prob:.3f}\n{panel.source}", fontsize=11)
@@ -828,7 +834,8 @@ def save_contact_sheet(panels: Sequence[Panel], path: str | Path, columns: int |
     for ax in axes[n:]:
         ax.set_visible(False)
     for ax, panel in zip(axes, panels):
-        _draw_panel(ax, panel, overlay=True, title=f"{_short(panel.source)}\n{panel.title()}")
+        empty = "" if np.any(panel.heatmap > 0) else " (empty)"
+        _draw_panel(ax, panel, overlay=True, title=f"{_short(panel.source)}\n{panel.title()}{empty}")
     if title:
         fig.suptitle(title, fontsize=11)
     return _save_figure(fig, path)
@@ -855,6 +862,8 @@ def load_model_and_metadata(model_path, dataset: str | None = None):
     from chest_tf import export, predict  # noqa: PLC0415
 
     path = Path(model_path)
+    if not path.exists():
+        raise ConfigError(f"model not found: {path}")
     if path.is_dir() and (path / "saved_model.pb").is_file():
         keras_file = path / export.KERAS_FILENAME
         if not keras_file.is_file():
@@ -887,7 +896,7 @@ def choose_targets(probs: np.ndarray, metadata: dict, labels: Sequence[str] | No
                    top_k: int | None = None) -> list[Target]:
     """The findings to explain for one image's probabilities: the named ``labels`` (output names,
     or for a one-logit binary model either class name), else the ``top_k`` most probable outputs
-    (default 1)."""
+    (default 1; for a one-logit binary model its two classes, so top-1 is the predicted class)."""
     names = list(metadata["output_names"])
     if labels:
         targets = []
@@ -907,6 +916,11 @@ def choose_targets(probs: np.ndarray, metadata: dict, labels: Sequence[str] | No
     k = 1 if top_k is None else top_k
     if k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {k}")
+    classes = list(metadata.get("class_names") or [])
+    if len(names) == 1 and len(classes) == 2:
+        # One-logit binary model: rank both classes (the negative one is the negated logit).
+        both = [Target(0, 1.0, names[0], float(probs[0])), Target(0, -1.0, classes[0], float(1.0 - probs[0]))]
+        return sorted(both, key=lambda t: -t.prob)[:k]
     order = np.argsort(-np.asarray(probs), kind="stable")[:k]
     return [Target(int(i), 1.0, names[int(i)], float(probs[int(i)])) for i in order]
 
@@ -958,7 +972,8 @@ def explain_files(model, metadata: dict, inputs: Sequence[str | Path], out_dir: 
             results.append({"file": str(path), "width": int(width), "height": int(height), "finding": target.name,
                             "output_index": target.index, "sign": target.sign, "prob": target.prob,
                             "method": explainer.method, "layer": explainer.layer, "overlay": str(overlay),
-                            "peak_xy": [int(px), int(py)]})
+                            "peak_xy": [int(px), int(py)] if heatmap.max() > 0 else None,
+                            "empty_map": bool(heatmap.max() <= 0)})
             panels.append(panel)
     sheet = None
     if contact_sheet and len(panels) > 1:

@@ -378,11 +378,15 @@ class ExactValidation(keras.callbacks.Callback):
         self.labels = handle.labels("val")
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
         logits = self.model.predict(self.images, verbose=0)
+        if not np.isfinite(logits).all():  # diverged: TerminateOnNaN stops the run, train() reports it
+            logs["val_loss"] = logs["val_auc"] = float("nan")
+            return
         scores = self.metrics_lib.scores_from_logits(logits, self.task)
-        if logs is not None:
-            logs["val_loss"] = float(keras.ops.convert_to_numpy(self.loss(self.targets, logits)))
-            logs["val_auc"] = float(self.metrics_lib.official_auc(self.labels, scores, self.task))
+        logs["val_loss"] = float(keras.ops.convert_to_numpy(self.loss(self.targets, logits)))
+        logs["val_auc"] = float(self.metrics_lib.official_auc(self.labels, scores, self.task))
 
 
 def build_callbacks(run_dir, classifier, augmenter, handle, config, loss):

@@ -1,0 +1,171 @@
+"""Training: a short phantom run learns, a killed run resumes, bad input gets one-line errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chest_tf.config import RunConfig, apply_overrides
+from chest_tf.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+# A narrow ResNet-18 keeps CPU steps short; everything else is the real training path.
+TINY_MODEL = {"width": 16}
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A data dir holding a small phantom set where --dataset phantom looks for it."""
+    from chest_tf.data import phantom
+
+    data_dir = tmp_path_factory.mktemp("phantom_data")
+    phantom.write_phantom(data_dir / "phantom.npz", size=28, counts={"train": 768, "val": 256, "test": 256}, seed=0)
+    return data_dir
+
+
+def tiny_config(data_dir: Path, **train) -> RunConfig:
+    config = RunConfig()
+    config = apply_overrides(config, "data", {"dataset": "phantom", "size": 28, "data_dir": str(data_dir)})
+    config = apply_overrides(config, "model", {"arch": "resnet18", "overrides": TINY_MODEL})
+    settings = {"epochs": 6, "batch_size": 64, "lr": 3e-3, "warmup_epochs": 0.5, "augment": "light"}
+    return apply_overrides(config, "train", {**settings, **train})
+
+
+def _history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_short_phantom_run_learns_and_writes_the_run_dir(phantom_dir, tmp_path):
+    from chest_tf.train import train
+
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(phantom_dir), run_dir, verbose=0)
+    for name in ("config.json", "history.csv", "best.keras", "best.json", "timing.json", "finished.json",
+                 "eval/metrics.json", "eval/predictions.npz", "eval/report.md"):
+        assert (run_dir / name).exists(), name
+    assert not (run_dir / "backup").exists()  # removed once training finished
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents*"))
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["runtime"]["precision"] == "float32" and saved["runtime"]["jit_compile"] is False
+    rows = _history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    assert {"loss", "auc", "val_loss", "val_auc", "learning_rate"} <= set(rows[0])
+    # Clearly above chance after a minute of CPU training (the full default run reaches >= 0.95).
+    assert result.metrics["headline"]["auc"] > 0.7
+    assert result.timing["train_images_per_second"] > 0
+
+
+def test_killed_run_resumes_with_the_same_command(phantom_dir, tmp_path):
+    run_dir = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "chest_tf.train", "--dataset", "phantom", "--data-dir", str(phantom_dir),
+        "--arch", "resnet18", "--model-arg", "width=16", "--epochs", "4", "--batch-size", "64",
+        "--run-dir", str(run_dir), "--no-eval",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    # Kill it mid-epoch: after the first epoch's backup exists and the second has begun.
+    while time.monotonic() < deadline:
+        if (run_dir / "history.csv").exists() and len(_history(run_dir)) >= 1:
+            time.sleep(2.0)
+            break
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.2)
+    else:
+        first.kill()
+        pytest.fail("the first epoch did not finish in time")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    completed = len(_history(run_dir))
+    assert 1 <= completed < 4 and (run_dir / "backup").exists()
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming" in second.stdout
+    assert [int(r["epoch"]) for r in _history(run_dir)] == [0, 1, 2, 3]
+    assert (run_dir / "finished.json").exists() and not (run_dir / "backup").exists()
+    # A finished run is not touched again without --overwrite.
+    third = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 2 and "already holds a finished run" in third.stderr
+
+
+def _cli_error(args: list[str], cwd: Path = REPO) -> str:
+    done = subprocess.run([sys.executable, "-m", "chest_tf.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
+    return last
+
+
+def test_unknown_arch_and_dataset_are_one_line_errors():
+    assert "invalid choice: 'resnet9'" in _cli_error(["--arch", "resnet9"])
+    assert "invalid choice: 'chest'" in _cli_error(["--dataset", "chest"])
+
+
+def test_bad_size_batch_and_run_dir(phantom_dir, tmp_path):
+    common = ["--dataset", "phantom", "--data-dir", str(phantom_dir), "--model-arg", "width=16"]
+    assert "no 32 px version" in _cli_error([*common, "--size", "32", "--run-dir", str(tmp_path / "a")])
+    assert "larger than the train split" in _cli_error([*common, "--batch-size", "5000", "--run-dir", str(tmp_path / "b")])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # running as root: permissions are not enforced
+            pytest.skip("cannot make an unwritable folder as this user")
+        assert "not writable" in _cli_error([*common, "--run-dir", str(locked / "run")])
+    finally:
+        locked.chmod(0o700)
+
+
+def test_foreign_or_different_run_dir_is_not_overwritten(phantom_dir, tmp_path):
+    from chest_tf.train import prepare_run_dir
+
+    config = tiny_config(phantom_dir)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="holds no chest_tf run"):
+        prepare_run_dir(other, config, resume=False, overwrite=False)
+    assert (other / "notes.txt").read_text() == "keep me"
+    interrupted = tmp_path / "interrupted"
+    prepare_run_dir(interrupted, config, resume=False, overwrite=False)
+    (interrupted / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    assert prepare_run_dir(interrupted, config, resume=False, overwrite=False) is True
+    changed = apply_overrides(config, "train", {"lr": 0.1})
+    with pytest.raises(ConfigError, match=r"other settings \(train.lr: 0.003 -> 0.1\)"):
+        prepare_run_dir(interrupted, changed, resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        prepare_run_dir(tmp_path / "fresh", config, resume=True, overwrite=False)
+
+
+def test_nan_loss_is_a_clear_error(phantom_dir, tmp_path):
+    from chest_tf.errors import ChestTFError
+    from chest_tf.train import train
+
+    config = tiny_config(phantom_dir, epochs=2, lr=1e12, optimizer="sgd", schedule="constant", steps_per_epoch=3)
+    with pytest.raises(ChestTFError, match="loss became NaN"):
+        train(config, tmp_path / "nan", verbose=0)
+
+
+def test_toml_config_and_flags_layer(tmp_path):
+    from chest_tf.train import build_parser, config_from_args
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[data]\ndataset = "pneumoniamnist"\n[model]\narch = "vit_tiny"\noverrides = { depth = 2 }\n'
+                    "[train]\nepochs = 7\nlr = 0.01\n")
+    args = build_parser().parse_args(["--config", str(toml), "--lr", "0.5", "--model-arg", "pool=gap"])
+    config = config_from_args(args)
+    assert (config.data.dataset, config.model.arch, config.train.epochs, config.train.lr) == ("pneumoniamnist", "vit_tiny", 7, 0.5)
+    assert config.model.overrides == {"depth": 2, "pool": "gap"}
+    toml.write_text("[train]\nepoch = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown \[train\] setting\(s\) \['epoch'\]"):
+        config_from_args(build_parser().parse_args(["--config", str(toml)]))

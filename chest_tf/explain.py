@@ -622,14 +622,14 @@ def run_phantom_npz(run_dir) -> Path:
 # Sanity check (Adebayo et al. 2018): heatmaps must depend on the learned weights
 # ----------------------------------------------------------------------------------------------
 def weight_groups(model) -> list[tuple[str, list[str]]]:
-    """The model's weighted layers grouped by name prefix (``conv5``, ``encoder_block4``,
-    ``predictions`` ...), from the output back to the input: the steps of a cascading
-    randomisation."""
+    """The model's weighted layers grouped by name prefix (``conv5``, ``pool4``,
+    ``encoder_block4``, ``predictions`` ...), from the output back to the input: the steps of a
+    cascading randomisation."""
     groups: list[tuple[str, list[str]]] = []
     for layer in reversed(model.layers):
         if not layer.weights:
             continue
-        prefix = layer.name.split("_")[0]
+        prefix = re.match(r"[a-z]+_block\d+|[^_]+", layer.name).group(0)
         if groups and groups[-1][0] == prefix:
             groups[-1][1].append(layer.name)
         else:

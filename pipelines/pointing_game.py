@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-finding", action="store_true", help="also print per-finding tables")
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args(argv)
+    import tensorflow as tf  # noqa: PLC0415
+
+    tf.get_logger().setLevel("ERROR")  # every randomised copy traces its own function; that is expected
     runs = [Path(r) for r in args.runs]
     if args.train_reference:
         runs += train_reference(Path(args.train_reference))

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chest_tf.cli import quiet_tensorflow, run_cli
-from chest_tf.config import RunConfig
 from chest_tf.data.info import BINARY, CATALOGUE, MULTI_LABEL, SIZES, DatasetInfo
 from chest_tf.errors import ChestTFError, ConfigError, DataError
+from chest_tf.runs import load_keras_model, read_run_dir  # noqa: F401 (load_keras_model: part of this API)
 
 quiet_tensorflow()
 
@@ -135,22 +135,6 @@ def evaluate_model(
     )
 
 
-def load_keras_model(path: str | Path) -> keras.Model:
-    """``keras.models.load_model`` in safe mode, with chest_tf's custom layers registered; a file
-    Keras cannot read becomes a one-line ``ChestTFError``."""
-    import keras  # noqa: PLC0415
-
-    import chest_tf.augment  # noqa: F401, PLC0415 (registers the augmentation layers)
-    import chest_tf.models  # noqa: F401, PLC0415 (registers the model layers)
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 (Keras raises many types for a bad file; all mean "can't load")
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ChestTFError(f"could not load {path}: {first[:300]}") from None
-
-
 def headline_text(result: dict, model_name: str, dataset: str, size: int) -> str:
     """One line: test AUC and ACC with 95% CIs, labels defined, how thresholds were chosen."""
     head, test, thresholds = result["headline"], result["test"], result["thresholds"]
@@ -189,26 +173,6 @@ class Target:
     seed: int = 0
     history_csv: Path | None = None
     run_info: dict[str, Any] = field(default_factory=dict)
-
-
-def read_run_dir(run_dir: Path) -> tuple[RunConfig, dict]:
-    """The run's config (as training wrote it) and the whole config.json payload."""
-    if not run_dir.exists():
-        raise ConfigError(f"{run_dir} does not exist")
-    saved = run_dir / "config.json"
-    if not saved.is_file():
-        raise ConfigError(f"{run_dir} is not a chest_tf run dir (no config.json); pass a run dir written by "
-                          "python -m chest_tf.train, or a .keras file with --dataset")
-    try:
-        payload = json.loads(saved.read_text())
-        config = RunConfig.from_dict(payload["config"])
-    except (ValueError, KeyError, TypeError, ChestTFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{run_dir} is not a chest_tf run dir ({saved} unreadable: {reason})") from None
-    if not (run_dir / "best.keras").is_file():
-        raise ConfigError(f"{run_dir} has no best.keras (training saves it after its first epoch); "
-                          "train longer or pass a .keras file")
-    return config, payload
 
 
 def resolve_target(args: argparse.Namespace) -> Target:

@@ -53,6 +53,7 @@ from typing import Any, Callable
 
 from chest_tf.cli import quiet_tensorflow, run_cli
 from chest_tf.errors import ChestTFError, ConfigError
+from chest_tf.runs import load_keras_model, read_run_dir  # noqa: F401 (load_keras_model: part of this API)
 
 quiet_tensorflow()
 
@@ -170,23 +171,6 @@ def serving_tf_function(model, task: str):
 # ----------------------------------------------------------------------------------------------
 # Models and runs
 # ----------------------------------------------------------------------------------------------
-def load_keras_model(path: str | Path):
-    """A chest_tf ``.keras`` file, loaded in safe mode (registering the custom layers first)."""
-    import keras  # noqa: PLC0415
-
-    import chest_tf.augment  # noqa: F401, PLC0415  (registers the augmentation layers)
-    import chest_tf.models  # noqa: F401, PLC0415  (registers the model layers)
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no model file at {path}")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for broken files
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ChestTFError(f"cannot load {path}: {detail}") from None
-
-
 def augmentation_layers(model) -> list[str]:
     """Names of any chest_tf augmentation layers inside ``model`` (nested models included)."""
     found, stack = [], list(getattr(model, "layers", []))
@@ -312,21 +296,11 @@ def load_run(run_dir: str | Path, model=None):
     """``(model, metadata, best_keras_path)`` for a run dir (config.json + best.keras; the
     thresholds and metrics from eval/metrics.json when present)."""
     run_dir = Path(run_dir)
-    config_path, keras_path = run_dir / "config.json", run_dir / "best.keras"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
-    if not keras_path.is_file():
-        raise ConfigError(f"{run_dir} has no best.keras (has training saved a checkpoint yet?)")
-    saved = _read_json(config_path)
-    config = saved.get("config", saved)
-    try:
-        dataset, size, arch = config["data"]["dataset"], config["data"]["size"], config["model"]["arch"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"{config_path} lacks data.dataset, data.size or model.arch") from None
-    try:
-        info = get_info(dataset)
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
+    keras_path = run_dir / "best.keras"
+    run_config, saved = read_run_dir(run_dir)
+    config = run_config.to_dict()
+    dataset, size, arch = run_config.data.dataset, run_config.data.size, run_config.model.arch
+    info = get_info(dataset)
     metrics_path = run_dir / "eval" / "metrics.json"
     metrics = _read_json(metrics_path) if metrics_path.is_file() else None
     model = model if model is not None else load_keras_model(keras_path)

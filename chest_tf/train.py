@@ -413,9 +413,10 @@ def build_callbacks(run_dir, classifier, augmenter, handle, config, loss):
 def evaluate_best(run_dir: Path, handle: DatasetHandle, config: RunConfig, runtime: Runtime) -> dict:
     """The best checkpoint's val/test metrics, predictions and report, in run_dir/eval."""
     from chest_tf.evaluate import evaluate_model  # noqa: PLC0415
+    from chest_tf.runs import load_keras_model  # noqa: PLC0415
 
     return evaluate_model(
-        keras.models.load_model(run_dir / "best.keras"), handle, run_dir / "eval",
+        load_keras_model(run_dir / "best.keras"), handle, run_dir / "eval",
         model_name=config.model.arch, batch_size=config.train.batch_size, seed=config.train.seed,
         history_csv=run_dir / "history.csv",
         run_info={"run_dir": str(run_dir), "best": json.loads((run_dir / "best.json").read_text()),

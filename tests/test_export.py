@@ -222,7 +222,7 @@ def test_export_refuses_augmentation_and_bad_runs(model, run_dir, tmp_path):
     with pytest.raises(ConfigError, match="augmentation"):
         export.export_model(wrapped, metadata, tmp_path / "aug")
     assert not (tmp_path / "aug").exists()
-    with pytest.raises(ConfigError, match="not a run folder"):
+    with pytest.raises(ConfigError, match="not a chest_tf run dir"):
         export.export_run(tmp_path)
 
 

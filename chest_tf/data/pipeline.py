@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from chest_tf.data import builder as builder_lib
 from chest_tf.data import download, npz
-from chest_tf.data.info import MULTI_CLASS, MULTI_LABEL, ORDINAL, SPLITS, DatasetInfo, get_info
+from chest_tf.data.info import MULTI_CLASS, ORDINAL, SPLITS, DatasetInfo, get_info
 from chest_tf.data.normalization import normalize
 from chest_tf.errors import ConfigError, DataError
 

@@ -30,15 +30,20 @@ Methods (``--method``, default ``gradcam`` for CNNs and ``grad-rollout`` for ViT
   ``A_bar = mean_heads(relu(dS/dA * A))`` for the finding's logit S, and ``R <- R + A_bar R``
   from ``R = I``; read out as above. Class-specific.
 
-Every heatmap is upsampled (bilinear) to the model's input size and min-max normalised per image
-to [0, 1] (a constant map becomes all 0). The class score is the finding's logit (pre-sigmoid /
-pre-softmax); for one-logit binary models the negative class is explained with the negated logit.
+Every heatmap is upsampled (bilinear, half-pixel centres) to the model's input size and min-max
+normalised per image to [0, 1] (a constant map becomes all 0: Grad-CAM's "no positive evidence",
+titled so on the overlay). The class score is the finding's logit (pre-sigmoid / pre-softmax); a
+one-logit binary model's negative class is explained with the negated logit, and its top-1 is the
+called class. ``--layer`` explains another feature map (e.g. ``conv4_block2_out``): at 28 px the
+last stage is only 4x4 (ResNet) or 3x3 (DenseNet) cells, which bounds how finely it can point.
 
-Checks (the evaluation of issue 7): ``pointing_game`` (heatmap peak inside the finding's box, and
-the share of heatmap mass inside it, beside the random-point baseline, on the phantom set's boxes;
-``pipelines/pointing_game.py`` runs it on run folders) and ``sanity_check`` (Adebayo et al. 2018:
-the rank correlation of heatmaps with those of a copy whose weights are re-initialised, top-down
-cascading and in full).
+Checks (the evaluation of issue 7; ``pipelines/pointing_game.py`` runs them on phantom run
+folders): ``pointing_game`` (the heatmap's peak inside the finding's box, the share of heatmap
+mass inside it, beside a random point's hit rate = the box's area share, an image-blind location
+prior and the ceiling the map's native resolution allows) and ``sanity_check`` (Adebayo et al.
+2018: the Spearman correlation of heatmaps with those of copies whose weights are re-initialised,
+cascading from the output and in full). ``ExplanationPanel`` is a Keras callback that writes
+overlays of fixed validation images to TensorBoard each epoch.
 
 Numerics are keras.ops; gradients use ``tf.GradientTape`` (this is TensorFlow glue, like export).
 """

@@ -16,6 +16,7 @@ keras = pytest.importorskip("keras")
 from chest_tf import explain  # noqa: E402
 from chest_tf.data.normalization import normalize  # noqa: E402
 from chest_tf.errors import ConfigError  # noqa: E402
+from chest_tf.data.phantom import PHANTOM_LABELS  # noqa: E402
 from chest_tf.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def phantom_arrays():
 
 
 @pytest.fixture(scope="module")
-def trained_resnet(phantom_arrays):
+def trained_resnet(phantom_arrays, tmp_path_factory):
     """ResNet-18 at width 16, 5 epochs on 2,048 phantom images (about half a minute on 2 cores).
     BatchNorm momentum 0.9 instead of 0.99: 160 steps are too few for 0.99's moving statistics
     (a fifth of the initial mean 0 / variance 1 would remain), and explanations run in
@@ -47,7 +48,11 @@ def trained_resnet(phantom_arrays):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    model.fit(normalize(images)[..., None], labels.astype("float32"), batch_size=64, epochs=5, verbose=0)
+    x = normalize(images)[..., None]
+    log_dir = tmp_path_factory.mktemp("tensorboard")
+    panel = explain.ExplanationPanel(model, x[:4], log_dir, every=5, label_names=PHANTOM_LABELS)
+    model.fit(x, labels.astype("float32"), batch_size=64, epochs=5, verbose=0, callbacks=[panel])
+    model.panel_log_dir = log_dir  # for test_tensorboard_panel_during_fit
     return model
 
 
@@ -263,8 +268,6 @@ def test_randomized_copy_cascades_from_the_top():
 # On a trained model: the pointing game and the randomisation check
 # ----------------------------------------------------------------------------------------------
 def test_pointing_game_beats_a_random_point(trained_resnet, phantom_arrays):
-    from chest_tf.data.phantom import PHANTOM_LABELS
-
     _, (images, labels, boxes) = phantom_arrays
     # Conservative bounds for a 30-second model (two seeds gave Grad-CAM 0.27 and 0.33, Grad-CAM++
     # 0.46 and 0.47, against a random point's 0.155; the reference models of
@@ -420,3 +423,14 @@ def test_tensorboard_panel(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents*"))
     grid = panel.render()
     assert grid.shape == (2 * SIZE * 4, 3 * SIZE * 4, 3) and 0.0 <= grid.min() and grid.max() <= 1.0
+
+
+def test_tensorboard_panel_during_fit(trained_resnet):
+    """The callback ran inside model.fit of the shared model (every=5: once, after the last epoch)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_resnet.panel_log_dir), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert sorted(events.Tags()["tensors"]) == ["explanations/gradcam", "explanations/gradcam_targets"]
+    (image,) = events.Tensors("explanations/gradcam")
+    assert image.step == 4

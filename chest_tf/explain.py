@@ -608,19 +608,16 @@ def run_phantom_npz(run_dir) -> Path:
     """The phantom npz a run trained on (its config's data.npz, or DATA_DIR/phantom[_SIZE].npz)."""
     from chest_tf.data import download  # noqa: PLC0415
     from chest_tf.data.info import get_info  # noqa: PLC0415
+    from chest_tf.runs import read_run_dir  # noqa: PLC0415
 
-    run_dir = Path(run_dir)
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {run_dir / 'config.json'}: {exc}") from None
-    data = saved.get("config", saved).get("data", {})
-    if data.get("dataset") != "phantom":
-        raise ConfigError(f"{run_dir} was trained on {data.get('dataset')!r}; the pointing game needs the "
+    config, _ = read_run_dir(run_dir)
+    data = config.data
+    if data.dataset != "phantom":
+        raise ConfigError(f"{run_dir} was trained on {data.dataset!r}; the pointing game needs the "
                           "phantom set's finding boxes")
-    if data.get("npz"):
-        return Path(data["npz"]).expanduser()
-    return download.npz_path(get_info("phantom"), int(data.get("size", 28)), data.get("data_dir"))
+    if data.npz:
+        return Path(data.npz).expanduser()
+    return download.npz_path(get_info("phantom"), int(data.size), data.data_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -865,6 +862,7 @@ def load_model_and_metadata(model_path, dataset: str | None = None):
     """(keras model, metadata) for a run folder, a .keras file or an export folder, with the
     label names, task and activation of ``chest_tf.export.build_metadata`` (as predict uses)."""
     from chest_tf import export, predict  # noqa: PLC0415
+    from chest_tf.runs import load_keras_model  # noqa: PLC0415
 
     path = Path(model_path)
     if not path.exists():
@@ -873,7 +871,7 @@ def load_model_and_metadata(model_path, dataset: str | None = None):
         keras_file = path / export.KERAS_FILENAME
         if not keras_file.is_file():
             raise ConfigError(f"the export {path} has no {export.KERAS_FILENAME} to explain (gradients need the Keras model)")
-        return export.load_keras_model(keras_file), export.read_metadata(path)
+        return load_keras_model(keras_file), export.read_metadata(path)
     predictor = predict.load_predictor(path, dataset)
     return predictor.handle, predictor.metadata
 

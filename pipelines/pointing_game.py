@@ -80,10 +80,12 @@ def train_reference(folder: Path) -> list[Path]:
 
 def run_facts(run_dir: Path) -> dict:
     """Arch, family, test AUC, training seconds and the training command of a run folder."""
-    from chest_tf.models import arch_family  # noqa: PLC0415
+    from dataclasses import asdict  # noqa: PLC0415
 
-    saved = json.loads((run_dir / "config.json").read_text())
-    config = saved.get("config", saved)
+    from chest_tf.models import arch_family  # noqa: PLC0415
+    from chest_tf.runs import read_run_dir  # noqa: PLC0415
+
+    config = asdict(read_run_dir(run_dir)[0])
     arch = config["model"]["arch"]
     facts = {"run_dir": str(run_dir), "arch": arch, "family": arch_family(arch), "test_auc": None,
              "train_seconds": None}

@@ -15,8 +15,8 @@ keras = pytest.importorskip("keras")
 
 from chest_tf import explain  # noqa: E402
 from chest_tf.data.normalization import normalize  # noqa: E402
-from chest_tf.errors import ConfigError  # noqa: E402
 from chest_tf.data.phantom import PHANTOM_LABELS  # noqa: E402
+from chest_tf.errors import ConfigError  # noqa: E402
 from chest_tf.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,6 +401,7 @@ def test_pointing_game_from_a_phantom_run_folder(tmp_path):
     npz = phantom.write_phantom(tmp_path / "data" / "phantom.npz", size=SIZE, counts={"train": 8, "test": 6}, seed=3)
     run = tmp_path / "run"
     run.mkdir()
+    (run / "best.keras").write_bytes(b"")  # only its presence is checked here
     (run / "config.json").write_text(json.dumps({"config": {"data": {"dataset": "phantom", "size": SIZE,
                                                                       "data_dir": str(tmp_path / "data")}}}))
     assert explain.run_phantom_npz(run) == npz

@@ -77,6 +77,7 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs on validation AUC; 0 = off
     steps_per_epoch: int | None = None  # fewer steps per epoch for quick runs
     deterministic: bool = False  # ordered tf.data stages (slower); results repeatable per seed
+    explain_every: int = 1  # Grad-CAM / rollout of 8 validation images to TensorBoard every N epochs; 0 = off
 
 
 @dataclass

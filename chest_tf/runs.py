@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from chest_tf.config import RunConfig
 from chest_tf.errors import ChestTFError, ConfigError
@@ -51,3 +52,28 @@ def read_run_dir(run_dir: str | Path) -> tuple[RunConfig, dict]:
         raise ConfigError(f"{run_dir} has no best.keras (training saves it after its first epoch); "
                           "train longer or pass a .keras file")
     return config, payload
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``["train.lr: 0.001 -> 0.01", ...]``: where two (nested) config dicts differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for key in sorted(set(old) | set(new)):
+            diffs += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return diffs
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def saved_config_differences(run_dir: str | Path, config: RunConfig) -> list[str]:
+    """How the config in ``run_dir/config.json`` differs from ``config`` ([] when the same).
+
+    The saved config is read back through ``RunConfig.from_dict`` first, so a run written before a
+    setting existed compares as having that setting's default (a new field is not a difference).
+    """
+    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    try:
+        saved = RunConfig.from_dict(saved).to_dict()
+    except ChestTFError:
+        pass  # a setting that no longer exists: compare the raw dicts, which names it
+    as_json = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as config.json holds them
+    return config_differences(json.loads(json.dumps(saved)), as_json)

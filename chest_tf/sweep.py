@@ -91,8 +91,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from chest_tf.cli import quiet_tensorflow, run_cli
-from chest_tf.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, load_toml
+from chest_tf.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    load_toml,
+)
 from chest_tf.errors import ChestTFError, ConfigError
+from chest_tf.runs import saved_config_differences
 
 quiet_tensorflow()
 
@@ -423,21 +431,6 @@ def run_state(run_dir: Path) -> str:
     if (run_dir / "config.json").exists():
         return "interrupted"
     return "new"
-
-
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        diffs = []
-        for key in sorted(set(old) | set(new)):
-            diffs += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return diffs
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def saved_config_differences(run_dir: Path, config: RunConfig) -> list[str]:
-    """How the config in ``run_dir/config.json`` differs from ``config`` ([] when the same)."""
-    saved = json.loads((run_dir / "config.json").read_text())["config"]
-    return config_differences(saved, json.loads(json.dumps(config.to_dict())))
 
 
 def hparam_values(config: RunConfig, keys: Iterable[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:

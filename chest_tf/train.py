@@ -261,18 +261,6 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.data.dataset}_{config.data.size}" / f"{config.model.arch}_s{config.train.seed}"
 
 
-def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    diffs = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key != "overrides":
-            diffs += _config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return diffs
-
-
 def prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> bool:
     """Make ``run_dir`` ready; return True when an interrupted run is being resumed.
 
@@ -289,8 +277,9 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrite
             )
         if not saved.exists():
             raise ConfigError(f"{run_dir} is not empty and holds no chest_tf run; choose another --run-dir")
-        previous = json.loads(saved.read_text())["config"]
-        diffs = _config_differences(previous, config.to_dict())
+        from chest_tf.runs import saved_config_differences  # noqa: PLC0415
+
+        diffs = saved_config_differences(run_dir, config)
         if diffs:
             raise ConfigError(
                 f"{run_dir} holds an interrupted run with other settings ({'; '.join(diffs)}); "
@@ -403,6 +392,11 @@ def build_callbacks(run_dir, classifier, augmenter, handle, config, loss):
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, update_freq="epoch"),
         AugmentationPreview(run_dir / "tensorboard", augmenter, preview, train.seed),
     ]
+    if train.explain_every:
+        from chest_tf.explain import ExplanationPanel  # noqa: PLC0415
+
+        callbacks.append(ExplanationPanel(classifier, preview, run_dir / "tensorboard" / "validation",
+                                          every=train.explain_every, label_names=list(handle.info.labels)))
     if train.early_stopping:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=train.early_stopping, verbose=1)
@@ -550,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better val AUC")
     g.add_argument("--steps-per-epoch", type=int, help="fewer steps per epoch, for quick runs")
     g.add_argument("--deterministic", action="store_true", default=None, help="ordered input pipeline")
+    g.add_argument("--explain-every", type=int, metavar="N",
+                   help="heatmaps of 8 validation images to TensorBoard every N epochs (default 1; 0 = off)")
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", help="default runs/<dataset>_<size>/<arch>_s<seed>")
     g.add_argument("--resume", action="store_true", help="require an interrupted run to resume")
@@ -564,7 +560,7 @@ _FLAG_SECTIONS = {
     "train": (
         "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs", "weight_decay", "label_smoothing",
         "loss", "augment", "mixup", "precision", "jit", "strategy", "seed", "early_stopping", "steps_per_epoch",
-        "deterministic",
+        "deterministic", "explain_every",
     ),
 }
 

@@ -55,12 +55,12 @@ from typing import Any
 from chest_tf.cli import quiet_tensorflow, run_cli
 from chest_tf.config import LOSSES, RunConfig, apply_overrides, load_toml
 from chest_tf.errors import ChestTFError, ConfigError
+from chest_tf.runs import config_differences
 from chest_tf.sweep import (
     PlannedRun,
     check_runnable,
-    config_differences,
-    quiet_retracing_warnings,
     config_to_toml,
+    quiet_retracing_warnings,
     read_run,
     run_or_skip,
     set_setting,

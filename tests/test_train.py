@@ -53,6 +53,7 @@ def test_short_phantom_run_learns_and_writes_the_run_dir(phantom_dir, tmp_path):
         assert (run_dir / name).exists(), name
     assert not (run_dir / "backup").exists()  # removed once training finished
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents*"))
+    assert list((run_dir / "tensorboard" / "validation").glob("events.out.tfevents*"))  # Grad-CAM panel
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["runtime"]["precision"] == "float32" and saved["runtime"]["jit_compile"] is False
     rows = _history(run_dir)

@@ -26,7 +26,7 @@ def phantom_dir(tmp_path_factory) -> Path:
     from chest_tf.data import phantom
 
     data_dir = tmp_path_factory.mktemp("phantom_data")
-    phantom.write_phantom(data_dir / "phantom.npz", size=28, counts={"train": 768, "val": 256, "test": 256}, seed=0)
+    phantom.write_phantom(data_dir / "phantom.npz", size=28, counts={"train": 1024, "val": 256, "test": 256}, seed=0)
     return data_dir
 
 
@@ -34,7 +34,8 @@ def tiny_config(data_dir: Path, **train) -> RunConfig:
     config = RunConfig()
     config = apply_overrides(config, "data", {"dataset": "phantom", "size": 28, "data_dir": str(data_dir)})
     config = apply_overrides(config, "model", {"arch": "resnet18", "overrides": TINY_MODEL})
-    settings = {"epochs": 6, "batch_size": 64, "lr": 3e-3, "warmup_epochs": 0.5, "augment": "light"}
+    settings = {"epochs": 12, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 0.5, "augment": "light",
+                "deterministic": True}
     return apply_overrides(config, "train", {**settings, **train})
 
 
@@ -57,9 +58,10 @@ def test_short_phantom_run_learns_and_writes_the_run_dir(phantom_dir, tmp_path):
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["runtime"]["precision"] == "float32" and saved["runtime"]["jit_compile"] is False
     rows = _history(run_dir)
-    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    assert [int(r["epoch"]) for r in rows] == list(range(12))
     assert {"loss", "auc", "val_loss", "val_auc", "learning_rate"} <= set(rows[0])
-    # Clearly above chance after a minute of CPU training (the full default run reaches >= 0.95).
+    # Clearly above chance after ~12k images seen (about 0.78 is typical here; the README's
+    # 30-epoch width-16 run on 4,000 images reaches 0.97).
     assert result.metrics["headline"]["auc"] > 0.7
     assert result.timing["train_images_per_second"] > 0
 

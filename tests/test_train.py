@@ -144,7 +144,7 @@ def test_foreign_or_different_run_dir_is_not_overwritten(phantom_dir, tmp_path):
     (interrupted / "config.json").write_text(json.dumps({"config": config.to_dict()}))
     assert prepare_run_dir(interrupted, config, resume=False, overwrite=False) is True
     changed = apply_overrides(config, "train", {"lr": 0.1})
-    with pytest.raises(ConfigError, match=r"other settings \(train.lr: 0.003 -> 0.1\)"):
+    with pytest.raises(ConfigError, match=r"other settings \(train.lr: 0.002 -> 0.1\)"):
         prepare_run_dir(interrupted, changed, resume=False, overwrite=False)
     with pytest.raises(ConfigError, match="nothing to resume"):
         prepare_run_dir(tmp_path / "fresh", config, resume=True, overwrite=False)

@@ -887,12 +887,13 @@ class Target:
 
 
 def output_probabilities(logits: np.ndarray, metadata: dict) -> np.ndarray:
-    activation = metadata.get("activation", "sigmoid")
-    logits = np.asarray(logits, np.float64)
-    if activation == "softmax":
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-logits))
+    """Probabilities by the export metadata's activation, with the metrics module's (overflow-safe)
+    sigmoid and softmax."""
+    from chest_tf import metrics  # noqa: PLC0415
+
+    if metadata.get("activation", "sigmoid") == "softmax":
+        return metrics.softmax(logits, axis=-1)
+    return metrics.sigmoid(logits)
 
 
 def choose_targets(probs: np.ndarray, metadata: dict, labels: Sequence[str] | None = None,

@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from chest_tf import augment as augment_lib  # noqa: E402
+from chest_tf import fused_batchnorm  # noqa: E402
 from chest_tf import losses as losses_lib  # noqa: E402
 from chest_tf.data.info import CATALOGUE, SIZES, get_info  # noqa: E402
 from chest_tf.data.pipeline import DatasetHandle, load_dataset  # noqa: E402
@@ -466,6 +467,7 @@ def _fit(config, run_dir, runtime, resuming, evaluate, verbose) -> TrainResult:
         train.loss, handle.info.task, positives, total,
         label_smoothing=train.label_smoothing, focal_gamma=train.focal_gamma,
     )
+    fused_batchnorm.install()  # one TF kernel per BatchNorm in training (chest_tf/fused_batchnorm.py)
     strategy = distribution_strategy(runtime)
     with strategy.scope():
         try:

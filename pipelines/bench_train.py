@@ -1,6 +1,6 @@
 """Training throughput, end to end: tf.data pipeline -> on-device augmentation -> model.fit step.
 
-    python pipelines/bench_train.py --arch resnet18 --size 28 --batch 128 --steps 30
+    python pipelines/bench_train.py --arch resnet18 --size 28 --batch 128 --steps 30 --jit off --batchnorm both
 
 Prints images/s for the real path (phantom records through the pipeline, augmentation on) and for
 the same fit fed one cached batch over and over; the gap is the share of step time spent waiting
@@ -22,25 +22,31 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from chest_tf import augment as augment_lib  # noqa: E402
+from chest_tf import fused_batchnorm  # noqa: E402
 from chest_tf.data.pipeline import load_dataset  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
 
 
 class _StepTimer(keras.callbacks.Callback):
-    """Wall time of the steps after ``skip`` warm-up steps."""
+    """Wall time of the steps after ``skip`` warm-up steps, up to the end of the last step.
+
+    Not up to the return of fit: destroying an infinite tf.data iterator at the end of fit
+    sometimes waits tens of seconds for its background threads, which is not training time.
+    """
 
     def __init__(self, skip: int):
         super().__init__()
-        self.skip, self.started, self.steps = skip, None, 0
+        self.skip, self.started, self.ended, self.steps = skip, None, None, 0
 
     def on_train_batch_end(self, batch, logs=None):
         if batch + 1 == self.skip:
             self.started = time.perf_counter()
         elif batch + 1 > self.skip:
             self.steps += 1
+            self.ended = time.perf_counter()
 
     def seconds(self) -> float:
-        return time.perf_counter() - self.started
+        return self.ended - self.started
 
 
 def images_per_second(model, dataset, steps: int, warmup: int, batch: int) -> float:
@@ -67,6 +73,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--augment", default="light")
     parser.add_argument("--jit", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--batchnorm", choices=["fused", "keras", "both"], default="fused",
+                        help="BatchNorm training kernel: TF's fused one (what chest_tf.train uses) or Keras' ops")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "chest_tf_bench"))
     parser.add_argument("--model-arg", action="append", default=[], help="KEY=INT override, e.g. width=32")
     args = parser.parse_args()
@@ -78,14 +86,19 @@ def main() -> int:
     constant = real.take(1).cache().repeat()
     print(f"{args.arch} {args.model_arg or ''} size={args.size} batch={args.batch} augment={args.augment} "
           f"float32 threads={tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count()}")
-    for jit in ([True, False] if args.jit == "both" else [args.jit == "on"]):
-        model = make_model(args, handle, jit)
-        through_pipeline = images_per_second(model, real, args.steps, args.warmup, args.batch)
-        one_batch = images_per_second(model, constant, args.steps, args.warmup, args.batch)
-        waiting = max(0.0, 1.0 - through_pipeline / one_batch)
-        print(f"  XLA {'on ' if jit else 'off'}: {through_pipeline:7.1f} img/s end to end | "
-              f"{one_batch:7.1f} img/s on one cached batch | input wait {waiting:.0%} of step time "
-              f"| model.jit_compile={model.jit_compile}")
+    for batchnorm in (["fused", "keras"] if args.batchnorm == "both" else [args.batchnorm]):
+        if batchnorm == "fused":
+            fused_batchnorm.install()
+        else:
+            fused_batchnorm.uninstall()
+        for jit in ([True, False] if args.jit == "both" else [args.jit == "on"]):
+            model = make_model(args, handle, jit)
+            through_pipeline = images_per_second(model, real, args.steps, args.warmup, args.batch)
+            one_batch = images_per_second(model, constant, args.steps, args.warmup, args.batch)
+            waiting = max(0.0, 1.0 - through_pipeline / one_batch)
+            print(f"  BatchNorm {batchnorm:5s} XLA {'on ' if jit else 'off'}: {through_pipeline:7.1f} img/s end to end"
+                  f" | {one_batch:7.1f} img/s on one cached batch | input wait {waiting:.0%} of step time"
+                  f" | model.jit_compile={model.jit_compile}")
     return 0
 
 

@@ -14,8 +14,7 @@ import keras
 from keras import layers
 
 from chest_tf.models.layers import (
-    BN_EPSILON,
-    BN_MOMENTUM,
+    BatchNorm,
     ImageNetInput,
     apply_classifier_head,
     apply_stem,
@@ -38,7 +37,7 @@ BOTTLENECK_WIDTH = 4  # the 1x1 conv in each dense layer has 4 * growth_rate fil
 
 def apply_bn_relu(x, name: str):
     """BatchNorm -> ReLU, named ``{name}_bn`` and ``{name}_relu`` (DenseNet is pre-activation)."""
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = BatchNorm(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -116,7 +115,7 @@ def build_densenet(
         x = apply_dense_block(x, num_layers, growth_rate, f"conv{stage}")
         if stage < 1 + len(block_layers):
             x = apply_transition(x, compression, f"pool{stage}")
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn")(x)
+    x = BatchNorm(name="bn")(x)
     x = layers.Activation("relu", name="relu")(x)
     logits = apply_classifier_head(x, num_classes, head_dropout)
     return keras.Model(inputs, logits, name=name)

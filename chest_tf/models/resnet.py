@@ -18,8 +18,7 @@ import keras
 from keras import layers
 
 from chest_tf.models.layers import (
-    BN_EPSILON,
-    BN_MOMENTUM,
+    BatchNorm,
     ImageNetInput,
     apply_classifier_head,
     apply_stem,
@@ -50,7 +49,7 @@ def apply_conv_bn(x, filters: int, kernel_size: int, stride: int, name: str, rel
     x = layers.Conv2D(
         filters, kernel_size, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = BatchNorm(name=f"{name}_bn")(x)
     if relu:
         x = layers.Activation("relu", name=f"{name}_relu")(x)
     return x

@@ -120,7 +120,13 @@ KEY_HPARAMS = (
     "train.optimizer", "train.schedule", "train.warmup_epochs", "train.weight_decay", "train.loss",
     "train.augment", "train.mixup", "train.label_smoothing", "train.seed",
 )
-# (tag, group, display name): final metrics written next to each run's training curves.
+# (tag, group, display name): the training curves Keras' TensorBoard callback writes per run.
+EPOCH_CURVES = (
+    ("epoch_auc", "validation", "val AUC per epoch (Keras)"),
+    ("epoch_loss", "validation", "val loss per epoch"),
+    ("epoch_loss", "train", "train loss per epoch"),
+)
+# HParams metrics of a sweep: the final numbers each run writes, then its training curves.
 FINAL_METRICS = (
     ("final/val_auc", "", "val AUC"),
     ("final/test_auc", "", "test AUC"),
@@ -130,9 +136,7 @@ FINAL_METRICS = (
     ("final/seconds_per_epoch", "", "s/epoch"),
     ("final/total_seconds", "", "training s"),
     ("final/params", "", "params"),
-    ("epoch_auc", "validation", "val AUC per epoch (Keras)"),
-    ("epoch_loss", "validation", "val loss per epoch"),
-    ("epoch_loss", "train", "train loss per epoch"),
+    *EPOCH_CURVES,
 )
 
 

@@ -57,6 +57,7 @@ from chest_tf.config import LOSSES, RunConfig, apply_overrides, load_toml
 from chest_tf.errors import ChestTFError, ConfigError
 from chest_tf.runs import config_differences
 from chest_tf.sweep import (
+    EPOCH_CURVES,
     PlannedRun,
     check_runnable,
     config_to_toml,
@@ -88,9 +89,7 @@ TUNE_METRICS = (
     ("final/seconds_per_epoch", "", "s/epoch"),
     ("final/total_seconds", "", "training s"),
     ("final/test_auc", "", "test AUC (default and best only)"),
-    ("epoch_auc", "validation", "val AUC per epoch (Keras)"),
-    ("epoch_loss", "validation", "val loss per epoch"),
-    ("epoch_loss", "train", "train loss per epoch"),
+    *EPOCH_CURVES,
 )
 
 

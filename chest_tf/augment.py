@@ -571,12 +571,7 @@ def mixup(images, labels, alpha, seed_generator):
     ``lambda ~ Beta(alpha, alpha)`` per image; the partner of image i is image ``B - 1 - i`` (the
     batch reversed): batches arrive shuffled, so this pairs as randomly as a permutation at no
     cost. Images and labels get the same lambda; labels come back float32 (soft targets for
-    BCE). Meant for a custom ``train_step`` after ``ChestAugment``, e.g. on TensorFlow::
-
-        def train_step(self, data):
-            x, y = data
-            x, y = mixup(self.augment(x, training=True), y, 0.2, self.mixup_seed)
-            ...  # forward, loss, gradients as usual
+    BCE). ``TrainingModel`` applies it in the training step when ``mixup_alpha > 0``.
     """
     batch_size = ops.shape(images)[0]
     lam = random_beta(batch_size, alpha, alpha, seed_generator)
@@ -595,19 +590,67 @@ def mixup(images, labels, alpha, seed_generator):
 # --------------------------------------------------------------------------------------------
 
 
+@keras.saving.register_keras_serializable(package="chest_tf")
+class TrainingModel(keras.Model):
+    """The functional ``input -> augment -> classifier`` model that ``fit`` trains, with mixup of
+    images and labels at the start of each compiled training step when ``mixup_alpha > 0``.
+
+    Mixup needs the labels, which a layer never sees, so it lives in ``train_step``: the batch is
+    mixed on the device (``mixup``, XLA-compilable) and handed to Keras' own step, which then
+    augments the mixed images, computes the loss against the mixed labels and applies the
+    gradients (loss scaling, distribution and metrics unchanged). Evaluation and prediction never
+    mix. The mixup seed state is one of the model's variables, so BackupAndRestore resumes the
+    random stream too. TensorFlow and PyTorch backends (``train_step(data)``); JAX's stateless
+    ``train_step(state, data)`` would need the seed threaded through ``state``, not done here.
+    """
+
+    def __init__(self, *args, mixup_alpha: float = 0.0, mixup_seed: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup alpha must be >= 0 (0 = off), got {mixup_alpha}")
+        if mixup_alpha > 0 and keras.backend.backend() == "jax":
+            raise ValueError("mixup in the training step needs the TensorFlow or PyTorch backend")
+        self.mixup_alpha = float(mixup_alpha)
+        self.mixup_seed = mixup_seed
+        self.mixup_seed_generator = (keras.random.SeedGenerator(mixup_seed, name="mixup_seed")
+                                     if mixup_alpha > 0 else None)
+
+    def train_step(self, data):
+        if self.mixup_seed_generator is not None:
+            images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            images, labels = mixup(images, labels, self.mixup_alpha, self.mixup_seed_generator)
+            data = keras.utils.pack_x_y_sample_weight(images, labels, sample_weight)
+        return super().train_step(data)
+
+    def get_config(self):
+        return {**super().get_config(), "mixup_alpha": self.mixup_alpha, "mixup_seed": self.mixup_seed}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from keras.src.models.functional import functional_from_config  # noqa: PLC0415
+
+        config = dict(config)
+        mixup_args = {"mixup_alpha": config.pop("mixup_alpha", 0.0), "mixup_seed": config.pop("mixup_seed", None)}
+        # Revive the graph as Keras does for any functional model, then build this class on it.
+        graph = functional_from_config(keras.Model, config, custom_objects=custom_objects)
+        return cls(graph.inputs, graph.outputs, name=graph.name, **mixup_args)
+
+
 def attach_augmentation(model: keras.Model, augment: ChestAugment | None,
-                        name: str | None = None) -> keras.Model:
-    """The model to ``fit``: ``input -> augment -> model``, sharing ``model``'s weights.
+                        name: str | None = None, *, mixup_alpha: float = 0.0,
+                        mixup_seed: int | None = None) -> keras.Model:
+    """The model to ``fit``: ``input -> augment -> model`` (a ``TrainingModel``), sharing
+    ``model``'s weights, with mixup in the training step when ``mixup_alpha > 0``.
 
     Contract: augmentation lives only in this wrapper, so it runs inside the compiled (XLA)
     training step and is the identity in evaluate/predict (training=False). Train the wrapper;
     save and export ``model`` itself, which has been trained through the shared weights and
-    holds no augmentation. The wrapper's variables are ``model``'s plus the augmentation's seed
-    state, so checkpoints of the wrapper (e.g. BackupAndRestore) also resume the random stream.
-    Use ``strip_augmentation`` to get ``model`` back from a saved wrapper. With ``augment=None``
-    the model is returned unchanged.
+    holds no augmentation. The wrapper's variables are ``model``'s plus the augmentation's and
+    mixup's seed state, so checkpoints of the wrapper (e.g. BackupAndRestore) also resume the
+    random stream. Use ``strip_augmentation`` to get ``model`` back from a saved wrapper. With
+    ``augment=None`` and no mixup the model is returned unchanged.
     """
-    if augment is None:
+    if augment is None and not mixup_alpha:
         return model
     model_inputs = getattr(model, "inputs", None)
     if not model_inputs or len(model_inputs) != 1:
@@ -620,14 +663,17 @@ def attach_augmentation(model: keras.Model, augment: ChestAugment | None,
                          f"{model_input.shape}")
     inputs = keras.Input(shape=model_input.shape[1:], dtype=model_input.dtype,
                          name=model_input.name)
-    outputs = model(augment(inputs))
-    return keras.Model(inputs, outputs, name=name or f"{model.name}_augmented")
+    outputs = model(augment(inputs) if augment is not None else inputs)
+    return TrainingModel(inputs, outputs, name=name or f"{model.name}_augmented",
+                         mixup_alpha=mixup_alpha, mixup_seed=mixup_seed)
 
 
 def strip_augmentation(model: keras.Model) -> keras.Model:
     """The classifier inside an ``attach_augmentation`` wrapper; other models unchanged."""
     inner = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if (len(inner) == 2 and isinstance(inner[0], ChestAugment)
-            and isinstance(inner[1], keras.Model)):
-        return inner[1]
+    augments, classifier = inner[:-1], inner[-1] if inner else None
+    wrapper = isinstance(model, TrainingModel) or augments  # older wrappers: plain functional
+    if (wrapper and isinstance(classifier, keras.Model) and len(augments) <= 1
+            and all(isinstance(layer, ChestAugment) for layer in augments)):
+        return classifier
     return model

@@ -41,8 +41,9 @@ from chest_tf.config import (
     SCHEDULES,
     STRATEGIES,
     RunConfig,
-    apply_overrides,
     load_toml,
+    merge_settings,
+    parse_model_args,
 )
 from chest_tf.errors import ChestTFError, ConfigError
 
@@ -324,24 +325,6 @@ def _steps_per_epoch(config: RunConfig, handle: DatasetHandle, replicas: int) ->
     return min(config.train.steps_per_epoch, full) if config.train.steps_per_epoch else full
 
 
-def _mixup_batches(ds: tf.data.Dataset, alpha: float, seed: int) -> tf.data.Dataset:
-    """Mix each batch with a shuffled copy of itself, lambda ~ Beta(alpha, alpha) per batch
-    (host side and cheap; the images are already on their way to the accelerator)."""
-
-    def mix(index, batch):
-        images, labels = batch
-        seeds = tf.stack([tf.cast(seed, tf.int64), index])
-        gamma_a = tf.random.stateless_gamma([1], seed=seeds, alpha=alpha)
-        gamma_b = tf.random.stateless_gamma([1], seed=seeds + 1, alpha=alpha)
-        lam = gamma_a / (gamma_a + gamma_b)
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(images)[0]), seed=seeds + 2)
-        mixed_images = lam * images + (1 - lam) * tf.gather(images, order)
-        mixed_labels = lam * labels + (1 - lam) * tf.gather(labels, order)
-        return mixed_images, mixed_labels
-
-    return ds.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
-
-
 def _auc_metric(handle: DatasetHandle) -> keras.metrics.Metric:
     # Keras' 200-threshold AUC on training batches is for the progress bar only: with saturated
     # scores it reads far below the exact AUC. Validation uses ExactValidation below.
@@ -459,8 +442,6 @@ def _fit(config, run_dir, runtime, resuming, evaluate, verbose) -> TrainResult:
         "train", train.batch_size, training=True, seed=train.seed, deterministic=train.deterministic,
         drop_remainder=True, repeat=True,
     )
-    if train.mixup > 0:
-        train_ds = _mixup_batches(train_ds, train.mixup, train.seed)
 
     positives, total = handle.positive_counts("train")
     loss = losses_lib.build_loss(
@@ -478,7 +459,10 @@ def _fit(config, run_dir, runtime, resuming, evaluate, verbose) -> TrainResult:
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(str(exc)) from None
         augmenter = augment_lib.build_augmentation(train.augment, seed=train.seed)
-        model = augment_lib.attach_augmentation(classifier, augmenter)
+        # Mixup (if any) runs in the compiled training step, on the device; its seed stream is
+        # kept apart from the augmentation's.
+        model = augment_lib.attach_augmentation(classifier, augmenter, mixup_alpha=train.mixup,
+                                                mixup_seed=train.seed + 1_000_003)
         model.compile(
             optimizer=build_optimizer(config, steps),
             loss=loss,
@@ -567,28 +551,15 @@ _FLAG_SECTIONS = {
 }
 
 
-def _parse_model_args(pairs: list[str]) -> dict:
-    overrides = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--model-arg expects KEY=VALUE, got '{pair}'")
-        try:
-            overrides[key] = json.loads(text)
-        except ValueError:
-            overrides[key] = text  # a bare string such as stem=small
-    return overrides
-
-
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    config = RunConfig.from_dict(load_toml(args.config)) if args.config else RunConfig()
+    values = load_toml(args.config) if args.config else {}
     for section, names in _FLAG_SECTIONS.items():
         given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
         if given:
-            config = apply_overrides(config, section, given)
+            values = merge_settings(values, section, given)
     if args.model_arg:
-        config = apply_overrides(config, "model", {"overrides": _parse_model_args(args.model_arg)})
-    return config.validate()
+        values = merge_settings(values, "model", {"overrides": parse_model_args(args.model_arg)})
+    return RunConfig.from_dict(values).validate()
 
 
 def main(argv: list[str] | None = None) -> int:

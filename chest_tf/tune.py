@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from chest_tf.cli import quiet_tensorflow, run_cli
-from chest_tf.config import LOSSES, RunConfig, apply_overrides, load_toml
+from chest_tf.config import LOSSES, RunConfig, load_toml, merge_settings, parse_model_args
 from chest_tf.errors import ChestTFError, ConfigError
 from chest_tf.runs import config_differences
 from chest_tf.sweep import (
@@ -338,34 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
-    config = RunConfig.from_dict(load_toml(args.config)) if args.config else RunConfig()
+    values = load_toml(args.config) if args.config else {}
     data = {k: getattr(args, k) for k in ("dataset", "size", "data_dir", "records_dir", "npz") if getattr(args, k)}
     if data:
-        config = apply_overrides(config, "data", data)
-    config = apply_overrides(config, "model", {"arch": args.arch})
+        values = merge_settings(values, "data", data)
+    values = merge_settings(values, "model", {"arch": args.arch})
     if args.model_arg:
-        config = apply_overrides(config, "model", {"overrides": parse_model_args(args.model_arg)})
+        values = merge_settings(values, "model", {"overrides": parse_model_args(args.model_arg)})
     train = {"seed": args.seed}
     if args.epochs is not None or not args.config:
         train["epochs"] = args.epochs if args.epochs is not None else 10
     for key in ("batch_size", "steps_per_epoch"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
-    return apply_overrides(config, "train", train).validate()
-
-
-def parse_model_args(pairs: list[str]) -> dict[str, Any]:
-    """``width=16`` -> {"width": 16} (values as JSON where possible, else strings), as train does."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--model-arg expects KEY=VALUE, got '{pair}'")
-        try:
-            overrides[key] = json.loads(text)
-        except ValueError:
-            overrides[key] = text
-    return overrides
+    return RunConfig.from_dict(merge_settings(values, "train", train)).validate()
 
 
 def check_settings(out: Path, settings: dict) -> None:

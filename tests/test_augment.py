@@ -303,16 +303,60 @@ def test_mixup_compiles_with_xla():
     assert images.shape == (5, SIZE, SIZE, 1) and labels.shape == (5, 14)
 
 
+def soft_label_share(y_true, y_pred):
+    """Mean of y(1 - y) over the batch's labels: 0 for hard 0/1 labels, > 0 once mixed."""
+    return ops.mean(ops.cast(y_true, "float32") * (1.0 - ops.cast(y_true, "float32")), axis=-1)
+
+
+@pytest.mark.parametrize("augment", ["light", None])
+def test_training_model_mixes_labels_in_the_compiled_step_only(augment):
+    classifier = tiny_classifier()
+    train_model = attach_augmentation(classifier, build_augmentation(augment, seed=0),
+                                      mixup_alpha=0.4, mixup_seed=5)
+    assert isinstance(train_model, aug.TrainingModel) and strip_augmentation(train_model) is classifier
+    train_model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                        metrics=[keras.metrics.MeanMetricWrapper(soft_label_share, name="soft")],
+                        jit_compile=True)
+    images = random_images(32)
+    labels = (np.random.default_rng(1).random((32, 14)) < 0.3).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    seed_before = np.asarray(train_model.mixup_seed_generator.state.value).copy()
+    history = train_model.fit(dataset, epochs=2, verbose=0, shuffle=False)
+    assert train_model.jit_compile is True
+    assert min(history.history["soft"]) > 0.01  # the loss saw mixed (soft) labels
+    assert np.isfinite(history.history["loss"]).all()
+    # The mixup seed is a model variable (BackupAndRestore resumes it) and it advanced.
+    assert any(v is train_model.mixup_seed_generator.state for v in train_model.variables)
+    assert not np.array_equal(seed_before, np.asarray(train_model.mixup_seed_generator.state.value))
+    # Evaluation never mixes.
+    assert train_model.evaluate(dataset, verbose=0, return_dict=True)["soft"] == 0.0
+
+
+def test_training_model_without_mixup_trains_on_the_labels_as_given():
+    train_model = attach_augmentation(tiny_classifier(), build_augmentation("light", seed=0))
+    train_model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                        metrics=[keras.metrics.MeanMetricWrapper(soft_label_share, name="soft")])
+    labels = (np.random.default_rng(1).random((16, 14)) < 0.3).astype("float32")
+    history = train_model.fit(random_images(16), labels, batch_size=8, epochs=1, verbose=0)
+    assert history.history["soft"] == [0.0]
+    with pytest.raises(ValueError, match="mixup alpha must be >= 0"):
+        attach_augmentation(tiny_classifier(), None, mixup_alpha=-1.0)
+
+
 # ------------------------------------------------------------------ serialisation, presets
 
 
 def test_keras_save_and_load_in_safe_mode(tmp_path):
-    train_model = attach_augmentation(tiny_classifier(), build_augmentation("medium", seed=21))
+    train_model = attach_augmentation(tiny_classifier(), build_augmentation("medium", seed=21),
+                                      mixup_alpha=0.2, mixup_seed=4)
     path = tmp_path / "train_model.keras"
     train_model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     layer = next(layer for layer in loaded.layers if isinstance(layer, ChestAugment))
     assert layer.config == PRESETS["medium"] and layer.seed == 21
+    assert isinstance(loaded, aug.TrainingModel)
+    assert (loaded.mixup_alpha, loaded.mixup_seed) == (0.2, 4)
+    assert strip_augmentation(loaded) is not loaded
     images = random_images(4)
     np.testing.assert_allclose(np.asarray(loaded.predict(images, verbose=0)),
                                np.asarray(train_model.predict(images, verbose=0)), atol=1e-6)

@@ -72,6 +72,7 @@ def test_killed_run_resumes_with_the_same_command(phantom_dir, tmp_path):
         sys.executable, "-m", "chest_tf.train", "--dataset", "phantom", "--data-dir", str(phantom_dir),
         "--arch", "resnet18", "--model-arg", "width=16", "--epochs", "4", "--batch-size", "64",
         "--run-dir", str(run_dir), "--no-eval",
+        "--mixup", "0.2",  # the mixup seed state is in the backup too
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -172,3 +173,24 @@ def test_toml_config_and_flags_layer(tmp_path):
     toml.write_text("[train]\nepoch = 3\n")
     with pytest.raises(ConfigError, match=r"unknown \[train\] setting\(s\) \['epoch'\]"):
         config_from_args(build_parser().parse_args(["--config", str(toml)]))
+
+
+def test_dataset_defaults_sit_under_toml_and_flags(tmp_path):
+    from chest_tf.config import DATASET_TRAIN_DEFAULTS, TrainConfig
+    from chest_tf.train import build_parser, config_from_args
+
+    phantom = DATASET_TRAIN_DEFAULTS["phantom"]
+    assert phantom and all(getattr(TrainConfig(), k) != v for k, v in phantom.items())
+
+    def parsed(*argv):
+        return config_from_args(build_parser().parse_args(list(argv))).train
+
+    assert {k: getattr(parsed("--dataset", "phantom"), k) for k in phantom} == phantom
+    assert parsed("--dataset", "phantom", "--epochs", "30").epochs == 30
+    assert parsed("--dataset", "phantom", "--epochs", "30").batch_size == phantom["batch_size"]
+    assert parsed().epochs == TrainConfig().epochs  # chestmnist: the general defaults
+    toml = tmp_path / "phantom.toml"
+    toml.write_text('[data]\ndataset = "phantom"\n[train]\nbatch_size = 64\n')
+    from_toml = parsed("--config", str(toml))
+    assert (from_toml.batch_size, from_toml.epochs) == (64, phantom["epochs"])
+    assert parsed("--config", str(toml), "--dataset", "pneumoniamnist").epochs == TrainConfig().epochs

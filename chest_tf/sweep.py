@@ -98,6 +98,7 @@ from chest_tf.config import (
     TrainConfig,
     apply_overrides,
     load_toml,
+    with_dataset_defaults,
 )
 from chest_tf.errors import ChestTFError, ConfigError
 from chest_tf.runs import saved_config_differences
@@ -292,9 +293,12 @@ def parse_sweep(doc: dict[str, Any], *, source: str | None = None, default_name:
     if not isinstance(description, str):
         raise ConfigError(f"{_where(source)}[sweep] description must be a string")
     try:
-        base = RunConfig.from_dict({k: doc[k] for k in SECTIONS if k in doc})
+        # The dataset's training defaults are filled in last, per run, once its dataset is known.
+        plain_base = RunConfig.from_dict({k: doc[k] for k in SECTIONS if k in doc}, dataset_defaults=False)
     except ConfigError as exc:
         raise ConfigError(f"{_where(source)}{exc}") from None
+    base_train_keys = set(doc.get("train", {})) if isinstance(doc.get("train"), dict) else set()
+    base = with_dataset_defaults(plain_base, base_train_keys)
     seeds = _check_seeds(table["seeds"], "[sweep] seeds", source) if "seeds" in table else [base.train.seed]
     grid = _parse_grid(table.get("grid", {}), source)
     extra = dict(extra or {})
@@ -313,12 +317,12 @@ def parse_sweep(doc: dict[str, Any], *, source: str | None = None, default_name:
         if "name" not in run:
             raise ConfigError(f"{_where(source)}{what} has no name")
         run_name = _check_name(run["name"], f"{what} name", source)
-        config = _apply_sections(base, run, f"run {run_name!r}", source)
+        config = _apply_sections(plain_base, run, f"run {run_name!r}", source)
         run_seeds = _check_seeds(run["seeds"], f"run {run_name!r} seeds", source) if "seeds" in run else seeds
         settings = _flatten({s: run[s] for s in SECTIONS if s in run})
         run_sets.append((run_name, config, run_seeds, settings))
     if not run_sets:
-        run_sets.append((None, base, seeds, {}))
+        run_sets.append((None, plain_base, seeds, {}))
 
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     configs: list[tuple[str, RunConfig, list[int], dict]] = []
@@ -331,6 +335,8 @@ def parse_sweep(doc: dict[str, Any], *, source: str | None = None, default_name:
             for key, value in extra.items():
                 config = set_setting(config, key, value, "--set")
                 point_settings[key] = value
+            given = base_train_keys | {key.split(".", 1)[1] for key in point_settings if key.startswith("train.")}
+            config = with_dataset_defaults(config, given)
             parts = ([run_name] if run_name else []) + [grid_label(k, v) for k, v in point.items()]
             configs.append(("_".join(parts) or name, config, run_seeds, point_settings))
 

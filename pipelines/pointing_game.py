@@ -25,12 +25,12 @@ Reference models (``--train-reference DIR`` runs these one after the other, on t
 phantom set at 28 px written into DIR/data):
 
     python -m chest_tf.train --dataset phantom --data-dir DIR/data --arch resnet18 --model-arg width=16 \\
-        --epochs 8 --batch-size 64 --lr 3e-3 --run-dir DIR/resnet18_w16
+        --epochs 8 --batch-size 64 --lr 3e-3 --augment light --run-dir DIR/resnet18_w16
     python -m chest_tf.train --dataset phantom --data-dir DIR/data --arch densenet121 --model-arg growth_rate=12 \\
-        --epochs 8 --batch-size 64 --lr 3e-3 --run-dir DIR/densenet121_k12
+        --epochs 8 --batch-size 64 --lr 3e-3 --augment light --run-dir DIR/densenet121_k12
     python -m chest_tf.train --dataset phantom --data-dir DIR/data --arch vit_tiny --model-arg dim=64 \\
         --model-arg depth=4 --model-arg heads=4 --model-arg patch_size=4 --epochs 40 --batch-size 64 \\
-        --lr 2e-3 --warmup-epochs 2 --run-dir DIR/vit_tiny_d64
+        --lr 2e-3 --warmup-epochs 2 --augment light --run-dir DIR/vit_tiny_d64
 """
 from __future__ import annotations
 
@@ -54,12 +54,12 @@ from chest_tf.errors import ConfigError  # noqa: E402
 
 REFERENCE_RUNS = {
     "resnet18_w16": ["--arch", "resnet18", "--model-arg", "width=16", "--epochs", "8", "--batch-size", "64",
-                     "--lr", "3e-3"],
+                     "--lr", "3e-3", "--augment", "light"],
     "densenet121_k12": ["--arch", "densenet121", "--model-arg", "growth_rate=12", "--epochs", "8",
-                        "--batch-size", "64", "--lr", "3e-3"],
+                        "--batch-size", "64", "--lr", "3e-3", "--augment", "light"],
     "vit_tiny_d64": ["--arch", "vit_tiny", "--model-arg", "dim=64", "--model-arg", "depth=4", "--model-arg", "heads=4",
                      "--model-arg", "patch_size=4", "--epochs", "40", "--batch-size", "64", "--lr", "2e-3",
-                     "--warmup-epochs", "2"],
+                     "--warmup-epochs", "2", "--augment", "light"],
 }
 FAMILY_METHODS = {"resnet": ["gradcam", "gradcam++"], "densenet": ["gradcam", "gradcam++"],
                   "vit": ["rollout", "grad-rollout"]}
@@ -101,7 +101,7 @@ def run_facts(run_dir: Path) -> dict:
     for key, value in (config["model"].get("overrides") or {}).items():
         command += ["--model-arg", f"{key}={json.dumps(value)}"]
     command += ["--epochs", str(train["epochs"]), "--batch-size", str(train["batch_size"]), "--lr", str(train["lr"]),
-                "--warmup-epochs", str(train["warmup_epochs"]), "--seed", str(train["seed"])]
+                "--warmup-epochs", str(train["warmup_epochs"]), "--augment", train["augment"], "--seed", str(train["seed"])]
     facts["command"] = " ".join(command)
     return facts
 

@@ -241,3 +241,19 @@ def test_killed_sweep_skips_the_finished_run_and_ranks_both(phantom_dir, tmp_pat
     assert main([str(toml_path), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert printed.count(" finished ") == 2 and "dry run: nothing trained" in printed
+
+
+def test_dataset_defaults_follow_each_runs_dataset():
+    from chest_tf.config import DATASET_TRAIN_DEFAULTS, TrainConfig
+
+    phantom = DATASET_TRAIN_DEFAULTS["phantom"]
+    doc = {"sweep": {"name": "mixed", "grid": {"data.dataset": ["chestmnist", "phantom"]}},
+           "train": {"lr": 0.001}}
+    runs = {run.config.data.dataset: run.config.train for run in parse_sweep(doc).runs}
+    assert runs["chestmnist"].epochs == TrainConfig().epochs
+    assert {k: getattr(runs["phantom"], k) for k in phantom} == phantom and runs["phantom"].lr == 0.001
+    # A setting given anywhere (base table, run, grid or --set) wins over the dataset's default.
+    doc["train"]["epochs"] = 3
+    runs = {r.config.data.dataset: r.config.train for r in parse_sweep(doc, extra={"train.batch_size": 8}).runs}
+    assert (runs["phantom"].epochs, runs["phantom"].batch_size) == (3, 8)
+    assert runs["phantom"].augment == phantom["augment"]

@@ -72,7 +72,7 @@ def test_killed_run_resumes_with_the_same_command(phantom_dir, tmp_path):
         sys.executable, "-m", "chest_tf.train", "--dataset", "phantom", "--data-dir", str(phantom_dir),
         "--arch", "resnet18", "--model-arg", "width=16", "--epochs", "4", "--batch-size", "64",
         "--run-dir", str(run_dir), "--no-eval",
-        "--mixup", "0.2",  # the mixup seed state is in the backup too
+        "--augment", "light", "--mixup", "0.2",  # augmentation and mixup seed state are in the backup too
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

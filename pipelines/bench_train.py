@@ -30,8 +30,9 @@ from chest_tf.models.registry import build_model  # noqa: E402
 class _StepTimer(keras.callbacks.Callback):
     """Wall time of the steps after ``skip`` warm-up steps, up to the end of the last step.
 
-    Not up to the return of fit: destroying an infinite tf.data iterator at the end of fit
-    sometimes waits tens of seconds for its background threads, which is not training time.
+    Not up to the return of fit, which is not training time (and used to include a stall of
+    up to 60 s: tf.data's autotuning thread, now off for repeated pipelines, see
+    chest_tf/data/pipeline.py).
     """
 
     def __init__(self, skip: int):

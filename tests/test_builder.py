@@ -145,6 +145,18 @@ def test_training_batches_reshuffle_every_epoch(tiny_npz, tmp_path):
     assert np.array_equal(np.sort(first, axis=0), np.sort(second, axis=0))
 
 
+def test_repeated_training_batches_run_without_the_autotune_thread(tiny_npz, tmp_path):
+    """fit()'s long-lived iterator: no tf.data autotuning thread (TF 2.21 sometimes left it
+    asleep for up to 60 s when the iterator was destroyed at the end of fit)."""
+    with pytest.warns(UserWarning):
+        handle = load_dataset("chestmnist", 28, data_dir=tmp_path, npz_path=tiny_npz, verbose=False)
+    repeated = handle.batches("train", 40, training=True, seed=1, drop_remainder=True, repeat=True)
+    assert repeated.options().autotune.enabled is False
+    assert handle.batches("val", 40).options().autotune.enabled is not False  # short-lived: autotuned
+    images, labels = next(iter(repeated))
+    assert images.shape[0] == labels.shape[0] == 40
+
+
 def test_real_pneumoniamnist(pneumonia_npz, tmp_path):
     with pytest.warns(UserWarning, match="published pneumoniamnist split has 4708"):
         handle = load_dataset("pneumoniamnist", 28, data_dir=tmp_path, npz_path=pneumonia_npz, verbose=False)

@@ -1,8 +1,9 @@
 """One dataclass tree for a run: data, model and training settings.
 
 CLI flags and TOML files (``--config run.toml``, and the runs of ``pipelines/*.toml``) both map
-onto it: defaults < the dataset's defaults (``DATASET_TRAIN_DEFAULTS``) < TOML < flags. Every run writes its resolved config to ``config.json`` with
-what ``auto`` resolved to (precision, XLA, strategy, device).
+onto it: defaults < the dataset's defaults (``DATASET_TRAIN_DEFAULTS``) < TOML < flags. Every run
+writes its resolved config to ``config.json`` with what ``auto`` resolved to (precision, XLA,
+strategy, device).
 
 A TOML file has up to three tables, named like the dataclasses::
 
@@ -21,9 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 if sys.version_info >= (3, 11):

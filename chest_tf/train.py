@@ -419,8 +419,9 @@ def train(
     runtime = resolve_runtime(config.train.precision, config.train.jit, config.train.strategy)
     print(f"{'resuming' if resuming else 'starting'} {run_dir}: {config.model.arch} on {info.name} "
           f"{config.data.size} px | {config.train.epochs} epochs, batch {config.train.batch_size}, "
-          f"lr {config.train.lr:g}, augment {config.train.augment} | device {runtime.device} | precision {runtime.precision} | "
-          f"XLA {'on' if runtime.jit_compile else 'off'} | strategy {runtime.strategy}")
+          f"lr {config.train.lr:g}, augment {config.train.augment} | device {runtime.device} | "
+          f"precision {runtime.precision} | XLA {'on' if runtime.jit_compile else 'off'} | "
+          f"strategy {runtime.strategy}")
     keras.utils.set_random_seed(config.train.seed)
     keras.mixed_precision.set_global_policy(runtime.precision)
     try:

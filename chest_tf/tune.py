@@ -53,7 +53,13 @@ from pathlib import Path
 from typing import Any
 
 from chest_tf.cli import quiet_tensorflow, run_cli
-from chest_tf.config import LOSSES, RunConfig, load_toml, merge_settings, parse_model_args
+from chest_tf.config import (
+    LOSSES,
+    RunConfig,
+    load_toml,
+    merge_settings,
+    parse_model_args,
+)
 from chest_tf.errors import ChestTFError, ConfigError
 from chest_tf.runs import config_differences
 from chest_tf.sweep import (

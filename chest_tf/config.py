@@ -115,6 +115,8 @@ class RunConfig:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; use [data], [model] and [train]")
         config = cls()
         for section, table in values.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"[{section}] must be a table of settings, got {table!r}")
             config = apply_overrides(config, section, table)
         if dataset_defaults:
             config = with_dataset_defaults(config, explicit=values.get("train", {}))
@@ -200,7 +202,10 @@ def parse_model_args(pairs: list[str]) -> dict[str, Any]:
 def merge_settings(values: dict[str, Any], section: str, settings: dict[str, Any]) -> dict[str, Any]:
     """``values`` (a TOML document) with ``settings`` laid over its ``[section]`` table; model
     ``overrides`` merge key by key. Flags go through this so the dataset's defaults still see them."""
-    table = dict(values.get(section, {}))
+    table = values.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table of settings, got {table!r}")
+    table = dict(table)
     if "overrides" in settings:
         settings = {**settings, "overrides": {**table.get("overrides", {}), **settings["overrides"]}}
     return {**values, section: {**table, **settings}}

@@ -170,6 +170,9 @@ def test_toml_config_and_flags_layer(tmp_path):
     config = config_from_args(args)
     assert (config.data.dataset, config.model.arch, config.train.epochs, config.train.lr) == ("pneumoniamnist", "vit_tiny", 7, 0.5)
     assert config.model.overrides == {"depth": 2, "pool": "gap"}
+    toml.write_text('train = "fast"\n')
+    with pytest.raises(ConfigError, match=r"\[train\] must be a table"):
+        config_from_args(build_parser().parse_args(["--config", str(toml), "--epochs", "2"]))
     toml.write_text("[train]\nepoch = 3\n")
     with pytest.raises(ConfigError, match=r"unknown \[train\] setting\(s\) \['epoch'\]"):
         config_from_args(build_parser().parse_args(["--config", str(toml)]))

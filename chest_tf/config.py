@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -184,19 +184,30 @@ def load_run_config(path: str | Path) -> RunConfig:
     return RunConfig.from_dict(load_toml(path))
 
 
+def parse_key_values(pairs: list[str], flag: str, parse_value: Callable[[str], Any],
+                     example: str = "") -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` pairs -> {key: parse_value(text)}; a malformed pair is a
+    ConfigError naming ``flag`` (with ``example`` of a good one)."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE{example}, got '{pair}'")
+        parsed[key.strip()] = parse_value(text)
+    return parsed
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a bare string such as stem=small
+
+
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
     """``--model-arg`` pairs: ``width=16`` -> {"width": 16} (values as JSON where possible, else
     strings, e.g. ``stem=small``)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--model-arg expects KEY=VALUE, got '{pair}'")
-        try:
-            overrides[key] = json.loads(text)
-        except ValueError:
-            overrides[key] = text
-    return overrides
+    return parse_key_values(pairs, "--model-arg", _json_or_text, " (e.g. width=16)")
 
 
 def merge_settings(values: dict[str, Any], section: str, settings: dict[str, Any]) -> dict[str, Any]:

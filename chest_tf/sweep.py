@@ -98,6 +98,7 @@ from chest_tf.config import (
     TrainConfig,
     apply_overrides,
     load_toml,
+    parse_key_values,
     with_dataset_defaults,
 )
 from chest_tf.errors import ChestTFError, ConfigError
@@ -297,7 +298,7 @@ def parse_sweep(doc: dict[str, Any], *, source: str | None = None, default_name:
         plain_base = RunConfig.from_dict({k: doc[k] for k in SECTIONS if k in doc}, dataset_defaults=False)
     except ConfigError as exc:
         raise ConfigError(f"{_where(source)}{exc}") from None
-    base_train_keys = set(doc.get("train", {})) if isinstance(doc.get("train"), dict) else set()
+    base_train_keys = set(doc.get("train", {}))  # from_dict checked it is a table
     base = with_dataset_defaults(plain_base, base_train_keys)
     seeds = _check_seeds(table["seeds"], "[sweep] seeds", source) if "seeds" in table else [base.train.seed]
     grid = _parse_grid(table.get("grid", {}), source)
@@ -966,19 +967,16 @@ def select_runs(runs: list[PlannedRun], patterns: list[str] | None) -> list[Plan
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
     """``--set train.lr=1e-3`` pairs -> {dotted key: value}; values parsed as TOML/JSON scalars
     where possible (``3``, ``1e-3``, ``true``, ``"x"``, ``{...}``), else taken as strings."""
+    return parse_key_values(pairs, "--set", _toml_value_or_text, " (e.g. train.lr=1e-3)")
+
+
+def _toml_value_or_text(text: str) -> Any:
     import tomllib  # noqa: PLC0415
 
-    settings = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=1e-3), got '{pair}'")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        settings[key.strip()] = value
-    return settings
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def _describe(run: PlannedRun) -> str:

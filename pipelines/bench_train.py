@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from chest_tf import augment as augment_lib  # noqa: E402
 from chest_tf import fused_batchnorm  # noqa: E402
+from chest_tf.config import parse_model_args  # noqa: E402
 from chest_tf.data.pipeline import load_dataset  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
 
@@ -77,9 +78,9 @@ def main() -> int:
     parser.add_argument("--batchnorm", choices=["fused", "keras", "both"], default="fused",
                         help="BatchNorm training kernel: TF's fused one (what chest_tf.train uses) or Keras' ops")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "chest_tf_bench"))
-    parser.add_argument("--model-arg", action="append", default=[], help="KEY=INT override, e.g. width=32")
+    parser.add_argument("--model-arg", action="append", default=[], help="KEY=VALUE builder override, e.g. width=32")
     args = parser.parse_args()
-    args.model_arg = {k: int(v) for k, v in (pair.split("=") for pair in args.model_arg)}
+    args.model_arg = parse_model_args(args.model_arg)
 
     handle = load_dataset("phantom", args.size, data_dir=args.data_dir, verbose=False)
     real = handle.batches("train", args.batch, training=True, seed=0, drop_remainder=True, repeat=True,

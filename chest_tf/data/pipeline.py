@@ -154,8 +154,8 @@ class DatasetHandle:
         if repeat:
             # A repeated (training) iterator lives for the whole fit. Its tf.data autotuning
             # thread sleeps up to 60 s between optimisations and, in TF 2.21, is sometimes not
-            # woken when the iterator is destroyed, so fit() hung 25-45 s after its last step in
-            # about one run in three. Without autotuning that thread does not exist; AUTOTUNE
+            # woken when the iterator is destroyed, so fit() hung 25-55 s after its last step in
+            # some runs (4 of 19 measured). Without autotuning that thread does not exist; AUTOTUNE
             # parallelism then means one call per core and prefetch buffers still grow on demand.
             options = tf.data.Options()
             options.autotune.enabled = False

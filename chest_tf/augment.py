@@ -624,16 +624,8 @@ class TrainingModel(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "mixup_alpha": self.mixup_alpha, "mixup_seed": self.mixup_seed}
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        from keras.src.models.functional import functional_from_config  # noqa: PLC0415
-
-        config = dict(config)
-        mixup_args = {"mixup_alpha": config.pop("mixup_alpha", 0.0), "mixup_seed": config.pop("mixup_seed", None)}
-        # Revive the graph as Keras does for any functional model, then build this class on it.
-        graph = functional_from_config(keras.Model, config, custom_objects=custom_objects)
-        return cls(graph.inputs, graph.outputs, name=graph.name, **mixup_args)
+    # No from_config: Keras revives a functional subclass from its graph and passes the keys
+    # get_config adds (mixup_alpha, mixup_seed) to __init__.
 
 
 def attach_augmentation(model: keras.Model, augment: ChestAugment | None,

@@ -19,11 +19,15 @@ A TOML file has up to three tables, named like the dataclasses::
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
+import typing
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,44 +58,60 @@ DATASET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def setting(default: Any = None, help: str = "", *, choices: tuple | None = None, flag: bool = True,
+            metavar: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with the help text (and fixed choices) its generated command-line flag shows;
+    ``flag=False`` for settings that have their own flag (model overrides: ``--model-arg``)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "chestmnist"
-    size: int = 28
-    data_dir: str | None = None  # npz files; default $CHEST_TF_DATA_DIR or ~/.cache/chest_tf
-    records_dir: str | None = None  # TFRecord shards; default DATA_DIR/tfrecords
-    npz: str | None = None  # read this npz file instead (e.g. a shared copy), in place
+    dataset: str = setting("chestmnist", "MedMNIST 2D set, or phantom (generated offline)")
+    size: int = setting(28, "image size: 28, 64, 128 or 224")
+    data_dir: str | None = setting(None, "npz files (default $CHEST_TF_DATA_DIR or ~/.cache/chest_tf)",
+                                   metavar="DIR")
+    records_dir: str | None = setting(None, "TFRecord shards (default DATA_DIR/tfrecords)", metavar="DIR")
+    npz: str | None = setting(None, "read this npz file in place instead of the data dir's (e.g. a shared copy)",
+                              metavar="FILE")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"
-    weights: str | None = None  # None (from scratch) or "imagenet"
-    overrides: dict[str, Any] = field(default_factory=dict)  # passed to build_model
+    arch: str = setting("resnet18", "registered architecture or family alias (resnet, densenet, vit)")
+    weights: str | None = setting(None, "start from ImageNet weights where available", choices=("imagenet",))
+    overrides: dict[str, Any] = setting(help="builder overrides (flag: --model-arg KEY=VALUE)", flag=False,
+                                        factory=dict)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 2e-3
-    optimizer: str = "adamw"
-    schedule: str = "cosine"  # cosine = linear warmup then cosine decay; step = MedMNIST's x0.1 at 50%, 75%
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.0
-    loss: str = "bce"
-    focal_gamma: float = 2.0
-    augment: str = "light"  # a preset of chest_tf.augment.PRESETS
-    mixup: float = 0.0  # alpha of per-image Beta(alpha, alpha) mixup in the training step; 0 = off
-    precision: str = "auto"
-    jit: str = "auto"
-    strategy: str = "auto"
-    seed: int = 0
-    early_stopping: int = 0  # patience in epochs on validation AUC; 0 = off
-    steps_per_epoch: int | None = None  # fewer steps per epoch for quick runs
-    deterministic: bool = False  # ordered tf.data stages (slower); results repeatable per seed
-    explain_every: int = 1  # Grad-CAM / rollout of 8 validation images to TensorBoard every N epochs; 0 = off
+    epochs: int = setting(30, "training epochs")
+    batch_size: int = setting(128, "global batch size")
+    lr: float = setting(2e-3, "peak learning rate")
+    optimizer: str = setting("adamw", "optimiser", choices=OPTIMIZERS)
+    schedule: str = setting("cosine", "cosine (linear warmup, then cosine decay), step (MedMNIST's x0.1 at 50%% "
+                            "and 75%%) or constant", choices=SCHEDULES)
+    warmup_epochs: float = setting(1.0, "linear warmup length in epochs (cosine schedule)")
+    weight_decay: float = setting(0.05, "AdamW weight decay (not on norms, biases, embeddings)")
+    label_smoothing: float = setting(0.0, "label smoothing in [0, 1)")
+    loss: str = setting("bce", "training loss", choices=LOSSES)
+    focal_gamma: float = setting(2.0, "focusing parameter of --loss focal")
+    augment: str = setting("light", "augmentation preset (chest_tf.augment.PRESETS)")
+    mixup: float = setting(0.0, "alpha of per-image Beta(alpha, alpha) mixup in the training step; 0 = off")
+    precision: str = setting("auto", "auto: mixed precision on GPUs, float32 on CPUs", choices=PRECISIONS)
+    jit: str = setting("auto", "XLA: auto (on for GPUs), on, off", choices=JIT_MODES)
+    strategy: str = setting("auto", "auto: mirrored with more than one GPU", choices=STRATEGIES)
+    seed: int = setting(0, "random seed (weights, data order, augmentation)")
+    early_stopping: int = setting(0, "stop after PATIENCE epochs without a better val AUC; 0 = off",
+                                  metavar="PATIENCE")
+    steps_per_epoch: int | None = setting(None, "fewer steps per epoch, for quick runs")
+    deterministic: bool = setting(False, "ordered tf.data stages (slower); results repeatable per seed")
+    explain_every: int = setting(1, "Grad-CAM / rollout of 8 validation images to TensorBoard every N epochs; "
+                                 "0 = off", metavar="N")
 
 
 @dataclass
@@ -220,3 +240,177 @@ def merge_settings(values: dict[str, Any], section: str, settings: dict[str, Any
     if "overrides" in settings:
         settings = {**settings, "overrides": {**table.get("overrides", {}), **settings["overrides"]}}
     return {**values, section: {**table, **settings}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line flags, generated from the dataclasses above (every field has one; none can drift)
+
+SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_FLAG_TYPES = (bool, int, float, str)
+
+
+def _flag_type(section: str, f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(SECTION_CLASSES[section])[f.name]
+    options = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    kind = options[0]
+    if kind not in _FLAG_TYPES:
+        raise TypeError(f"[{section}] {f.name}: no flag for a {hint} setting; give it flag=False")
+    return kind
+
+
+def config_flags() -> list[tuple[str, str, type]]:
+    """``(section, field, type)`` of every setting that has a flag, in declaration order."""
+    return [(section, f.name, _flag_type(section, f))
+            for section, cls in SECTION_CLASSES.items() for f in fields(cls) if f.metadata.get("flag", True)]
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not MISSING else None
+    return "" if default in (None, False) else f" (default {default})"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, choices: dict[str, list[str]] | None = None) -> None:
+    """A flag for every ``RunConfig`` setting (``--batch-size`` for ``train.batch_size``), grouped by
+    section, plus ``--config FILE`` and ``--model-arg KEY=VALUE``. ``choices`` adds the choices known
+    only at run time (registered architectures, datasets, augmentation presets) by field name.
+    Flags left out stay ``None``, so TOML and the dataset's defaults show through."""
+    choices = choices or {}
+    parser.add_argument("--config", metavar="FILE", help="TOML file with [data], [model], [train] tables; flags "
+                                                         "override it")
+    for section, cls in SECTION_CLASSES.items():
+        group = parser.add_argument_group(section)
+        for f in fields(cls):
+            if not f.metadata.get("flag", True):
+                continue
+            kind = _flag_type(section, f)
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "") + _default_text(f)
+            if kind is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+                continue
+            allowed = choices.get(f.name) or f.metadata.get("choices")
+            group.add_argument(flag, type=kind, choices=list(allowed) if allowed else None,
+                               metavar=f.metadata.get("metavar"), help=help_text)
+        if section == "model":
+            group.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                               help="architecture override, e.g. width=16, head_dropout=0.2 or drop_path_rate=0.1 "
+                                    "(repeatable)")
+
+
+def settings_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The TOML document the flags describe: ``--config``'s tables with every given flag laid over
+    them (so the dataset's defaults still see which settings were explicit)."""
+    values = load_toml(args.config) if getattr(args, "config", None) else {}
+    for section, cls in SECTION_CLASSES.items():
+        given = {f.name: getattr(args, f.name) for f in fields(cls)
+                 if f.metadata.get("flag", True) and getattr(args, f.name, None) is not None}
+        if given:
+            values = merge_settings(values, section, given)
+    if getattr(args, "model_arg", None):
+        values = merge_settings(values, "model", {"overrides": parse_model_args(args.model_arg)})
+    return values
+
+
+def config_from_arguments(args: argparse.Namespace) -> RunConfig:
+    """``RunConfig`` from parsed flags (see ``add_config_arguments``), validated."""
+    return RunConfig.from_dict(settings_from_arguments(args)).validate()
+
+
+# ----------------------------------------------------------------------------------------------
+# Editing a config by dotted key (sweep grids, ``--set``, tune's search space) and writing it back
+# as TOML (tune's best.toml)
+
+SECTIONS = tuple(SECTION_CLASSES)
+
+
+def source_prefix(source: str | None) -> str:
+    """``"FILE: "`` before a message about a setting that came from FILE; ``""`` without one."""
+    return f"{source}: " if source else ""
+
+
+def split_key(key: str, source: str | None = None) -> tuple[str, str, str | None]:
+    """``"train.lr"`` -> ("train", "lr", None); ``"model.overrides.width"`` -> ("model",
+    "overrides", "width"). Unknown sections or fields are ConfigErrors."""
+    where = source_prefix(source)
+    parts = key.split(".") if isinstance(key, str) else []
+    if len(parts) < 2 or parts[0] not in SECTIONS:
+        raise ConfigError(f"{where}setting {key!r} must be dotted as section.field with section one of "
+                          f"{', '.join(SECTIONS)} (e.g. train.lr, model.overrides.width)")
+    section, name = parts[0], parts[1]
+    known = {f.name for f in fields(SECTION_CLASSES[section])}
+    if name not in known:
+        raise ConfigError(f"{where}unknown setting {key!r}; [{section}] knows {', '.join(sorted(known))}")
+    if section == "model" and name == "overrides":
+        if len(parts) == 2:
+            return section, name, None
+        if len(parts) != 3 or not parts[2]:
+            raise ConfigError(f"{where}setting {key!r}: use model.overrides.KEY")
+        return section, name, parts[2]
+    if len(parts) != 2:
+        raise ConfigError(f"{where}setting {key!r}: only model.overrides takes a third part")
+    return section, name, None
+
+
+def set_setting(config: RunConfig, key: str, value: Any, source: str | None = None) -> RunConfig:
+    """A copy of ``config`` with the dotted setting ``key`` set to ``value``."""
+    section, name, sub = split_key(key, source)
+    if sub is not None:
+        return apply_overrides(config, "model", {"overrides": {sub: value}})
+    if name == "overrides" and not isinstance(value, dict):
+        raise ConfigError(f"{source_prefix(source)}model.overrides takes a table, got {value!r}")
+    return apply_overrides(config, section, {name: value})
+
+
+def _toml_value_or_text(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``--set train.lr=1e-3`` pairs -> {dotted key: value}; values parsed as TOML/JSON scalars
+    where possible (``3``, ``1e-3``, ``true``, ``"x"``, ``{...}``), else taken as strings."""
+    return parse_key_values(pairs, "--set", _toml_value_or_text, " (e.g. train.lr=1e-3)")
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value (strings, numbers, booleans, lists and inline tables; no None)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        items = [f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else json.dumps(key)
+
+
+def config_to_toml(config: RunConfig, comments: Iterable[str] = (), sweep: dict[str, Any] | None = None) -> str:
+    """``config`` as [data], [model], [train] tables (None settings left out: they are the
+    defaults), after ``# comments``; with ``sweep``, a [sweep] table first. Reads back with
+    ``RunConfig.from_dict(load_toml(...))`` (without ``sweep``) or as an experiment file."""
+    lines = [f"# {line}".rstrip() for line in comments]
+    if lines:
+        lines.append("")
+    tables = {"sweep": sweep} if sweep else {}
+    tables.update(config.to_dict())
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{_toml_key(k)} = {toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

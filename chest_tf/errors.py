@@ -10,5 +10,5 @@ class DataError(ChestTFError):
     """A dataset file is missing, unreachable, corrupted or malformed."""
 
 
-class ConfigError(ChestTFError):
-    """A setting or combination of settings is invalid."""
+class ConfigError(ChestTFError, ValueError):
+    """A setting or combination of settings is invalid (a ValueError too: a bad value is what it is)."""

@@ -41,16 +41,21 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from chest_tf import explain  # noqa: E402
-from chest_tf.cli import run_cli  # noqa: E402
+from chest_tf.explain import api as explain  # noqa: E402
+from chest_tf.console import run_cli  # noqa: E402
+from chest_tf.data.phantom import PHANTOM_LABELS  # noqa: E402
 from chest_tf.errors import ConfigError  # noqa: E402
+from chest_tf.models.registry import arch_family  # noqa: E402
+from chest_tf.runs import read_run_dir, resolve_model  # noqa: E402
 
 REFERENCE_RUNS = {
     "resnet18_w16": ["--arch", "resnet18", "--model-arg", "width=16", "--epochs", "8", "--batch-size", "64",
@@ -80,11 +85,6 @@ def train_reference(folder: Path) -> list[Path]:
 
 def run_facts(run_dir: Path) -> dict:
     """Arch, family, test AUC, training seconds and the training command of a run folder."""
-    from dataclasses import asdict  # noqa: PLC0415
-
-    from chest_tf.models import arch_family  # noqa: PLC0415
-    from chest_tf.runs import read_run_dir  # noqa: PLC0415
-
     config = asdict(read_run_dir(run_dir)[0])
     arch = config["model"]["arch"]
     facts = {"run_dir": str(run_dir), "arch": arch, "family": arch_family(arch), "test_auc": None,
@@ -108,10 +108,8 @@ def run_facts(run_dir: Path) -> dict:
 
 def evaluate_run(run_dir: Path, methods: list[str] | None, also_layers: list[str], tolerance: float,
                  sanity: int, max_images: int | None) -> dict:
-    from chest_tf.data.phantom import PHANTOM_LABELS  # noqa: PLC0415
-
     facts = run_facts(run_dir)
-    model, _ = explain.load_model_and_metadata(run_dir)
+    model = resolve_model(run_dir).model
     npz = explain.run_phantom_npz(run_dir)
     images, labels, boxes = explain.load_phantom_split(npz, "test")
     if max_images:
@@ -202,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-finding", action="store_true", help="also print per-finding tables")
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args(argv)
-    import tensorflow as tf  # noqa: PLC0415
-
     tf.get_logger().setLevel("ERROR")  # every randomised copy traces its own function; that is expected
     runs = [Path(r) for r in args.runs]
     if args.train_reference:

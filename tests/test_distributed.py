@@ -25,7 +25,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import numpy as np
 
-from chest_tf import augment, fused_batchnorm
+from chest_tf import augment
+from chest_tf.training import fused_batchnorm
 from chest_tf.models.layers import BatchNorm
 from chest_tf.models.registry import build_model
 

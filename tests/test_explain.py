@@ -13,11 +13,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from chest_tf import explain  # noqa: E402
+from chest_tf.explain import api as explain  # noqa: E402
+from chest_tf.cli import explain as explain_command  # noqa: E402
 from chest_tf.data.normalization import normalize  # noqa: E402
 from chest_tf.data.phantom import PHANTOM_LABELS  # noqa: E402
 from chest_tf.errors import ConfigError  # noqa: E402
-from chest_tf.models import build_model  # noqa: E402
+from chest_tf.models.registry import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 28
@@ -145,7 +146,7 @@ def _rollout_reference(scores: list[np.ndarray], class_token: bool, grid: int) -
 
 @pytest.mark.parametrize("pool", ["cls", "gap"])
 def test_rollout_matches_the_paper(pool):
-    from chest_tf.models import vit_attention_model
+    from chest_tf.models.vit import vit_attention_model
 
     keras.utils.set_random_seed(3)
     model = build_model("vit_tiny", (SIZE, SIZE, 1), 3, dim=16, depth=3, heads=2, patch_size=7, pool=pool)
@@ -328,15 +329,15 @@ def _write_images(folder: Path, images: np.ndarray) -> list[Path]:
 
 
 def test_cli_writes_overlays_for_real_files(trained_resnet, phantom_arrays, tmp_path):
-    from chest_tf.cli import run_cli
+    from chest_tf.console import run_cli
 
     _, (images, labels, _) = phantom_arrays
     model_path = tmp_path / "model.keras"
     trained_resnet.save(model_path)
     paths = _write_images(tmp_path / "images", images[np.nonzero(labels[:, 1])[0][:2]])
     out = tmp_path / "xai"
-    status = run_cli(explain.main, [str(model_path), *map(str, paths), "--dataset", "phantom", "--top-k", "2",
-                                    "--out", str(out)])
+    status = run_cli(explain_command.main, [str(model_path), *map(str, paths), "--dataset", "phantom",
+                                            "--top-k", "2", "--out", str(out)])
     assert status == 0
     summary = json.loads((out / "explanations.json").read_text())
     assert summary["method"] == "gradcam" and len(summary["results"]) == 8
@@ -348,8 +349,9 @@ def test_cli_writes_overlays_for_real_files(trained_resnet, phantom_arrays, tmp_
 
     # A named label, Grad-CAM++, and an unreadable file among them: reported, the rest explained.
     out2 = tmp_path / "xai2"
-    status = run_cli(explain.main, [str(model_path), str(tmp_path / "images"), "--dataset", "phantom",
-                                    "--label", "cardiomegaly,effusion", "--method", "gradcam++", "--out", str(out2)])
+    status = run_cli(explain_command.main, [str(model_path), str(tmp_path / "images"), "--dataset", "phantom",
+                                            "--label", "cardiomegaly,effusion", "--method", "gradcam++",
+                                            "--out", str(out2)])
     assert status == 1
     summary = json.loads((out2 / "explanations.json").read_text())
     assert [r["finding"] for r in summary["results"][:2]] == ["cardiomegaly", "effusion"]
@@ -367,8 +369,8 @@ def test_cli_writes_overlays_for_real_files(trained_resnet, phantom_arrays, tmp_
         (["--method", "rollout"], "not a chest_tf ViT"),
         (["--top-k", "0"], "--top-k must be at least 1"),
     ):
-        done = run_cli(explain.main, [str(model_path), str(paths[0]), "--dataset", "phantom", "--out",
-                                      str(tmp_path / "x"), *args])
+        done = run_cli(explain_command.main, [str(model_path), str(paths[0]), "--dataset", "phantom", "--out",
+                                              str(tmp_path / "x"), *args])
         assert done == 2
 
 

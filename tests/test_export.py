@@ -16,11 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-from chest_tf import export  # noqa: E402
-from chest_tf.cli import run_cli  # noqa: E402
+from chest_tf.cli import export as export_cli  # noqa: E402
+from chest_tf.console import run_cli  # noqa: E402
 from chest_tf.data.info import get_info  # noqa: E402
 from chest_tf.errors import ConfigError  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
+from chest_tf.runs import load_keras_model, resolve_model  # noqa: E402
+from chest_tf.serving import metadata as export_metadata  # noqa: E402
+from chest_tf.serving import savedmodel, signature  # noqa: E402
 
 LABELS = get_info("chestmnist").labels
 THRESHOLDS = [round(0.3 + 0.03 * k, 3) for k in range(14)]
@@ -58,12 +61,12 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(run_dir):
-    return export.load_keras_model(run_dir / "best.keras")
+    return load_keras_model(run_dir / "best.keras")
 
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> Path:
-    return export.export_run(run_dir, run_dir.parent / "saved" / "vit")  # verify=True: reload + compare
+    return savedmodel.export_run(run_dir, run_dir.parent / "saved" / "vit")  # verify=True: reload + compare
 
 
 def keras_probs(model, images_float_0_255: np.ndarray) -> np.ndarray:
@@ -116,7 +119,7 @@ def test_tensorflow_only_process_matches_keras(exported, model, tmp_path):
     assert report["thresholds"] == THRESHOLDS and report["labels"] == list(LABELS)
     got = dict(np.load(tmp_path / "out.npz"))
 
-    weights = np.array(export.LUMA_WEIGHTS, np.float32)
+    weights = np.array(signature.LUMA_WEIGHTS, np.float32)
     rgba_f = rgba.astype(np.float32)
     expected = {
         "gray": keras_probs(model, gray),
@@ -153,7 +156,7 @@ def test_saved_model_cli_lists_uint8_serving_signature(exported):
 
 def test_metadata_travels_and_keras_file_beside(exported, run_dir):
     meta = json.loads((exported / "assets" / "metadata.json").read_text())
-    assert meta["format"] == export.METADATA_FORMAT and meta["name"] == "vit"
+    assert meta["format"] == export_metadata.METADATA_FORMAT and meta["name"] == "vit"
     assert meta["output_names"] == list(LABELS) and meta["task"] == "multi-label, binary-class"
     assert meta["thresholds"]["values"] == THRESHOLDS and meta["thresholds"]["chosen_on"] == "val"
     assert meta["input"]["height"] == meta["input"]["width"] == 28 and meta["input"]["channels"] == 1
@@ -165,18 +168,18 @@ def test_metadata_travels_and_keras_file_beside(exported, run_dir):
     assert meta["arch"] == "vit_tiny" and meta["activation"] == "sigmoid"
     assert set(meta["versions"]) >= {"chest_tf", "tensorflow", "keras", "python"}
     assert (exported / "model.keras").read_bytes() == (run_dir / "best.keras").read_bytes()
-    assert export.default_export_name(meta) == "vit_tiny_chestmnist_28"
+    assert savedmodel.default_export_name(meta) == "vit_tiny_chestmnist_28"
     assert not [p.name for p in exported.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_export_refuses_to_overwrite_then_replaces_with_flag(exported, run_dir, capsys):
     before = (exported / "saved_model.pb").stat().st_mtime_ns
-    assert run_cli(export.main, [str(run_dir), "--out", str(exported)]) == 2
+    assert run_cli(export_cli.main, [str(run_dir), "--out", str(exported)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
     assert (exported / "saved_model.pb").stat().st_mtime_ns == before
 
-    assert run_cli(export.main, [str(run_dir), "--out", str(exported), "--overwrite", "--no-verify"]) == 0
+    assert run_cli(export_cli.main, [str(run_dir), "--out", str(exported), "--overwrite", "--no-verify"]) == 0
     assert "exported" in capsys.readouterr().out
     assert (exported / "saved_model.pb").stat().st_mtime_ns != before
     assert sorted(p.name for p in exported.iterdir()) == ["assets", "fingerprint.pb", "model.keras",
@@ -185,8 +188,9 @@ def test_export_refuses_to_overwrite_then_replaces_with_flag(exported, run_dir, 
 
 
 def test_interrupted_export_leaves_nothing_under_the_final_name(model, run_dir, tmp_path, monkeypatch):
-    _, metadata, keras_path = export.load_run(run_dir, model=model)
-    real_write_keras = export._write_keras
+    resolved = resolve_model(run_dir)
+    metadata, keras_path = resolved.metadata, resolved.keras_path
+    real_write_keras = savedmodel._write_keras
     seen = {}
 
     def fail_midway(directory, *args, **kwargs):
@@ -195,21 +199,21 @@ def test_interrupted_export_leaves_nothing_under_the_final_name(model, run_dir, 
         real_write_keras(directory, *args, **kwargs)
         raise KeyboardInterrupt  # e.g. Ctrl-C while the files are being written
 
-    monkeypatch.setattr(export, "_write_keras", fail_midway)
+    monkeypatch.setattr(savedmodel, "_write_keras", fail_midway)
     target = tmp_path / "models" / "fresh"
     with pytest.raises(KeyboardInterrupt):
-        export.export_model(model, metadata, target, keras_file=keras_path)
+        savedmodel.export_model(model, metadata, target, keras_file=keras_path)
     assert seen["had_saved_model"] and seen["partial"].parent == target.parent
     assert not target.exists()
     assert list(target.parent.iterdir()) == []  # the partial folder is gone too
 
     # With --overwrite, a failure leaves the previous export untouched.
-    monkeypatch.setattr(export, "_write_keras", real_write_keras)
-    export.export_model(model, metadata, target, keras_file=keras_path, verify=False)
+    monkeypatch.setattr(savedmodel, "_write_keras", real_write_keras)
+    savedmodel.export_model(model, metadata, target, keras_file=keras_path, verify=False)
     files_before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
-    monkeypatch.setattr(export, "verify_export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+    monkeypatch.setattr(savedmodel, "verify_export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
     with pytest.raises(RuntimeError, match="disk full"):
-        export.export_model(model, metadata, target, overwrite=True, keras_file=keras_path)
+        savedmodel.export_model(model, metadata, target, overwrite=True, keras_file=keras_path)
     assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == files_before
     assert [p.name for p in target.parent.iterdir()] == ["fresh"]
 
@@ -218,16 +222,16 @@ def test_export_refuses_augmentation_and_bad_runs(model, run_dir, tmp_path):
     from chest_tf.augment import attach_augmentation, build_augmentation
 
     wrapped = attach_augmentation(model, build_augmentation("light", seed=0))
-    _, metadata, _ = export.load_run(run_dir, model=model)
+    metadata = resolve_model(run_dir).metadata
     with pytest.raises(ConfigError, match="augmentation"):
-        export.export_model(wrapped, metadata, tmp_path / "aug")
+        savedmodel.export_model(wrapped, metadata, tmp_path / "aug")
     assert not (tmp_path / "aug").exists()
     with pytest.raises(ConfigError, match="not a chest_tf run dir"):
-        export.export_run(tmp_path)
+        savedmodel.export_run(tmp_path)
 
 
 def test_serving_function_checks_inputs(model):
-    serve = export.serving_tf_function(model, "multi-label, binary-class")
+    serve = signature.serving_tf_function(model, "multi-label, binary-class")
     with pytest.raises(tf.errors.InvalidArgumentError, match="1 \\(gray\\), 3 \\(RGB\\) or 4"):
         serve(tf.zeros((1, 28, 28, 2), tf.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="rank"):
@@ -243,7 +247,7 @@ def test_serving_function_checks_inputs(model):
 ])
 def test_metadata_for_other_tasks(dataset, outputs, names, activation):
     fake = SimpleNamespace(input_shape=(None, 64, 64, 1), output_shape=(None, outputs))
-    meta = export.build_metadata(fake, get_info(dataset), arch="resnet18")
+    meta = export_metadata.build_metadata(fake, get_info(dataset), arch="resnet18")
     assert meta["output_names"] == names and meta["activation"] == activation
     assert meta["thresholds"]["method"] == "default" and meta["thresholds"]["values"] == [0.5] * outputs
     json.dumps(meta)  # plain JSON
@@ -252,6 +256,6 @@ def test_metadata_for_other_tasks(dataset, outputs, names, activation):
 def test_metadata_two_logit_binary_keeps_the_positive_class_threshold():
     fake = SimpleNamespace(input_shape=(None, 28, 28, 1), output_shape=(None, 2))
     metrics = {"thresholds": {"method": "youden", "chosen_on": "val", "values": [0.3]}}
-    meta = export.build_metadata(fake, get_info("pneumoniamnist"), metrics=metrics)
+    meta = export_metadata.build_metadata(fake, get_info("pneumoniamnist"), metrics=metrics)
     assert meta["output_names"] == ["normal", "pneumonia"] and meta["activation"] == "softmax"
     assert meta["thresholds"]["values"] == [None, 0.3]

@@ -6,7 +6,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from chest_tf import fused_batchnorm
+from chest_tf.training import fused_batchnorm
 from chest_tf.models.layers import BatchNorm
 from chest_tf.models.registry import build_model
 

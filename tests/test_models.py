@@ -13,17 +13,10 @@ import keras
 import numpy as np
 import pytest
 
-from chest_tf.models import (
-    ARCHS,
-    arch_family,
-    arch_overrides,
-    build_model,
-    estimate_flops,
-    last_conv_layer_name,
-    vit_attention_layer_names,
-    vit_attention_model,
-)
 from chest_tf.models import registry
+from chest_tf.models.flops import estimate_flops
+from chest_tf.models.registry import ARCHS, arch_family, arch_overrides, build_model, last_conv_layer_name
+from chest_tf.models.vit import vit_attention_layer_names, vit_attention_model
 from chest_tf.models.layers import DropPath, ImageNetInput, PatchSplit, ShiftedImages
 from chest_tf.models.resnet import build_resnet
 
@@ -396,7 +389,9 @@ def test_drop_path_drops_whole_samples_in_training_only():
 # ----------------------------------------------------------------------------------------------
 JAX_SCRIPT = textwrap.dedent("""
     import json, numpy as np, keras
-    from chest_tf.models import build_model, estimate_flops, last_conv_layer_name, vit_attention_model
+    from chest_tf.models.flops import estimate_flops
+    from chest_tf.models.registry import build_model, last_conv_layer_name
+    from chest_tf.models.vit import vit_attention_model
     assert keras.backend.backend() == "jax"
     x = np.random.default_rng(0).uniform(-1, 1, (4, 28, 28, 1)).astype("float32")
     y = (np.random.default_rng(1).uniform(size=(4, 14)) < 0.3).astype("float32")
@@ -433,7 +428,7 @@ def test_models_build_and_train_on_the_jax_backend():
 
 def test_bench_command_prints_a_table(capsys, tmp_path):
     """Params and FLOPs only: the timed path is model.compile + train_on_batch, tested above."""
-    from chest_tf.models.__main__ import main
+    from chest_tf.cli.models import main
 
     assert main(["bench", "--archs", "vit_tiny", "--no-train", "--flops-sizes", "28",
                  "--json", str(tmp_path / "bench.json")]) == 0

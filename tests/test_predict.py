@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from PIL import Image  # noqa: E402
 
 from chest_tf import imageio  # noqa: E402
-from chest_tf.cli import run_cli  # noqa: E402
+from chest_tf.console import run_cli  # noqa: E402
 from chest_tf.data.info import get_info  # noqa: E402
 
 LABELS = list(get_info("chestmnist").labels)
@@ -45,14 +45,14 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> Path:
-    from chest_tf import export
+    from chest_tf.serving.savedmodel import export_run
 
-    return export.export_run(run_dir, run_dir.parent / "export", verify=False)
+    return export_run(run_dir, run_dir.parent / "export", verify=False)
 
 
 @pytest.fixture(scope="module")
 def predictor(exported):
-    from chest_tf.predict import load_predictor
+    from chest_tf.serving.predictor import load_predictor
 
     return load_predictor(exported)
 
@@ -229,15 +229,16 @@ def _reference_probs(run_dir, arrays: dict[str, np.ndarray]) -> dict[str, np.nda
     """Each image alone through the Keras model with the serving computation."""
     import tensorflow as tf
 
-    from chest_tf import export
+    from chest_tf.runs import load_keras_model
+    from chest_tf.serving.signature import serving_tf_function
 
-    model = export.load_keras_model(run_dir / "best.keras")
-    fn = export.serving_tf_function(model, "multi-label, binary-class")
+    model = load_keras_model(run_dir / "best.keras")
+    fn = serving_tf_function(model, "multi-label, binary-class")
     return {k: fn(tf.constant(a[None]))["probs"].numpy()[0] for k, a in arrays.items()}
 
 
 def test_predict_mixed_files_json(predictor, run_dir, good_images, bad_images):
-    from chest_tf.predict import run_predictions
+    from chest_tf.serving.outputs import run_predictions
 
     inputs = [p for p, _ in good_images.values()] + list(bad_images.values())
     out, err = io.StringIO(), io.StringIO()
@@ -263,7 +264,7 @@ def test_predict_mixed_files_json(predictor, run_dir, good_images, bad_images):
 
 
 def test_predict_cli_table_csv_and_exit_codes(exported, good_images, bad_images, capsys):
-    from chest_tf.predict import main
+    from chest_tf.cli.predict import main
 
     folder = good_images["gray8"][0].parent
     assert run_cli(main, [str(exported), str(folder), "--top-k", "2"]) == 0
@@ -292,7 +293,7 @@ def test_predict_cli_table_csv_and_exit_codes(exported, good_images, bad_images,
 
 
 def test_run_dir_and_keras_file_give_the_export_numbers(predictor, run_dir, exported, good_images):
-    from chest_tf.predict import load_predictor
+    from chest_tf.serving.predictor import load_predictor
 
     batch = np.stack([good_images["gray8"][1], good_images["rgba"][1][..., :1]])
     want = predictor.serve(batch)
@@ -312,7 +313,7 @@ def test_run_dir_and_keras_file_give_the_export_numbers(predictor, run_dir, expo
 
 
 def test_interpret_binary_and_multiclass():
-    from chest_tf.predict import interpret
+    from chest_tf.serving.predictor import interpret
 
     binary = {"output_names": ["pneumonia"], "class_names": ["normal", "pneumonia"], "task": "binary-class",
               "thresholds": {"values": [0.6]}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chest_tf import benchmarks, metrics, plots, report
+from chest_tf.evaluation import benchmarks, metrics, plots, report
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "benchmarks.md"
 CHEST_LABELS = ["atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",

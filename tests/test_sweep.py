@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from chest_tf.config import RunConfig, load_toml
+from chest_tf.config import RunConfig, config_to_toml, load_toml, parse_settings
 from chest_tf.errors import ConfigError
-from chest_tf.sweep import config_to_toml, parse_settings, parse_sweep, select_runs
+from chest_tf.experiments.plan import parse_sweep, select_runs
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
@@ -236,7 +236,7 @@ def test_killed_sweep_skips_the_finished_run_and_ranks_both(phantom_dir, tmp_pat
     assert list((out / "hparams").glob("events.out.tfevents*"))
 
     # The dry run sees both finished and trains nothing.
-    from chest_tf.sweep import main
+    from chest_tf.cli.sweep import main
 
     assert main([str(toml_path), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out

@@ -45,7 +45,7 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def test_short_phantom_run_learns_and_writes_the_run_dir(phantom_dir, tmp_path):
-    from chest_tf.train import train
+    from chest_tf.training import train
 
     run_dir = tmp_path / "run"
     result = train(tiny_config(phantom_dir), run_dir, verbose=0)
@@ -131,7 +131,7 @@ def test_bad_size_batch_and_run_dir(phantom_dir, tmp_path):
 
 
 def test_foreign_or_different_run_dir_is_not_overwritten(phantom_dir, tmp_path):
-    from chest_tf.train import prepare_run_dir
+    from chest_tf.training import prepare_run_dir
 
     config = tiny_config(phantom_dir)
     other = tmp_path / "other"
@@ -153,7 +153,7 @@ def test_foreign_or_different_run_dir_is_not_overwritten(phantom_dir, tmp_path):
 
 def test_nan_loss_is_a_clear_error(phantom_dir, tmp_path):
     from chest_tf.errors import ChestTFError
-    from chest_tf.train import train
+    from chest_tf.training import train
 
     config = tiny_config(phantom_dir, epochs=2, lr=1e12, optimizer="sgd", schedule="constant", steps_per_epoch=3)
     with pytest.raises(ChestTFError, match="loss became NaN"):
@@ -161,7 +161,8 @@ def test_nan_loss_is_a_clear_error(phantom_dir, tmp_path):
 
 
 def test_toml_config_and_flags_layer(tmp_path):
-    from chest_tf.train import build_parser, config_from_args
+    from chest_tf.cli.train import build_parser
+    from chest_tf.config import config_from_arguments as config_from_args
 
     toml = tmp_path / "run.toml"
     toml.write_text('[data]\ndataset = "pneumoniamnist"\n[model]\narch = "vit_tiny"\noverrides = { depth = 2 }\n'
@@ -180,7 +181,8 @@ def test_toml_config_and_flags_layer(tmp_path):
 
 def test_dataset_defaults_sit_under_toml_and_flags(tmp_path):
     from chest_tf.config import DATASET_TRAIN_DEFAULTS, TrainConfig
-    from chest_tf.train import build_parser, config_from_args
+    from chest_tf.cli.train import build_parser
+    from chest_tf.config import config_from_arguments as config_from_args
 
     phantom = DATASET_TRAIN_DEFAULTS["phantom"]
     assert phantom and all(getattr(TrainConfig(), k) != v for k, v in phantom.items())

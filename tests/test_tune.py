@@ -16,7 +16,7 @@ TINY_ARGS = ["--model-arg", "depth=1", "--model-arg", "dim=32", "--model-arg", "
 
 
 def test_missing_keras_tuner_names_the_extra(monkeypatch):
-    from chest_tf import tune
+    from chest_tf.cli import tune
 
     monkeypatch.setitem(sys.modules, "keras_tuner", None)  # makes `import keras_tuner` fail
     with pytest.raises(ChestTFError) as caught:
@@ -26,7 +26,7 @@ def test_missing_keras_tuner_names_the_extra(monkeypatch):
 
 def test_search_space_follows_the_arch_and_task():
     kt = pytest.importorskip("keras_tuner")
-    from chest_tf.tune import declare_space, trial_config
+    from chest_tf.experiments.tuning import declare_space, trial_config
 
     base = RunConfig()
     cnn, vit = kt.HyperParameters(), kt.HyperParameters()
@@ -52,7 +52,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # keras-tuner's own threading calls
 def test_two_trials_write_best_toml_and_resume(phantom_dir, tmp_path, capsys):
     pytest.importorskip("keras_tuner")
-    from chest_tf import tune
+    from chest_tf.cli import tune
 
     out = tmp_path / "tune"
     args = ["--arch", "vit_tiny", "--dataset", "phantom", "--data-dir", str(phantom_dir), "--trials", "2",

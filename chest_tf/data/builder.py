@@ -13,6 +13,11 @@ over all buckets and only one bucket (about 1/1000 of the split) is in memory at
 
 Records live in ``<records_dir>/chest_tf_medmnist/<set>_<size>/<version>/`` with a ``source.json``
 naming the npz they came from; if that file changes, the records are rebuilt.
+
+What preparing shows: one line saying where the records go, then one bar per split, counting
+images as they are handed to TFDS's writer (``preparing phantom_28 train: 100%|...| 4000/4000
+images``). TFDS's own bars, its "Downloading and preparing dataset ..." lines and its logging are
+off unless CHEST_TF_VERBOSE_TF=1 (``console.quiet_tfds`` and the two ``_log_download_*`` overrides).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
+from chest_tf import console
 from chest_tf.data import npz
 from chest_tf.data.info import CATALOGUE, SIZES, SPLITS, DatasetInfo, get_info
 from chest_tf.errors import DataError
@@ -55,9 +61,12 @@ class ChestTfMedmnist(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release: images, labels and the row index in the source npz."}
     BUILDER_CONFIGS = [MedMNISTConfig(info, size) for info in CATALOGUE.values() for size in SIZES]
 
-    def __init__(self, *, npz_path: str | Path | None = None, layouts: dict | None = None, **kwargs):
+    def __init__(
+        self, *, npz_path: str | Path | None = None, layouts: dict | None = None, progress: bool = False, **kwargs
+    ):
         self._npz_path = Path(npz_path) if npz_path is not None else None
         self._layouts = layouts  # from npz.inspect_npz, when the caller already checked the file
+        self._progress = progress  # one bar per split (console.progress) while preparing
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -85,7 +94,15 @@ class ChestTfMedmnist(tfds.core.GeneratorBasedBuilder):
         if self._npz_path is None:
             raise DataError("the builder needs npz_path= to prepare records")
         layouts = self._layouts or npz.inspect_npz(self._npz_path, self.builder_config.info, self.builder_config.size)
-        return {split: self._generate_examples(split, layouts[split].num_examples) for split in SPLITS}
+        return {
+            split: console.progress(
+                self._generate_examples(split, layouts[split].num_examples),
+                layouts[split].num_examples,
+                f"preparing {self.builder_config.name} {split}",
+                enabled=self._progress,
+            )
+            for split in SPLITS
+        }
 
     def _generate_examples(self, split: str, num_examples: int):
         image_shape = npz.expected_image_shape(self.builder_config.info, self.builder_config.size)
@@ -96,6 +113,15 @@ class ChestTfMedmnist(tfds.core.GeneratorBasedBuilder):
             for image in chunk.reshape((-1, *image_shape)):
                 yield index * stride, {"image": image, "label": labels[index], "index": index}
                 index += 1
+
+    # TFDS prints these two lines to stdout with print(), not logging; ours are the progress bars.
+    def _log_download_bytes(self) -> None:
+        if console.verbose_tf():
+            super()._log_download_bytes()
+
+    def _log_download_done(self) -> None:
+        if console.verbose_tf():
+            super()._log_download_done()
 
 
 @contextlib.contextmanager
@@ -115,12 +141,22 @@ def _source_identity(npz_path: Path) -> dict:
 
 
 def make_builder(
-    dataset: str, size: int, npz_path: str | Path, records_dir: str | Path, layouts: dict | None = None
+    dataset: str,
+    size: int,
+    npz_path: str | Path,
+    records_dir: str | Path,
+    layouts: dict | None = None,
+    *,
+    progress: bool = False,
 ) -> ChestTfMedmnist:
     info = get_info(dataset)
     info.check_size(size)
     return ChestTfMedmnist(
-        npz_path=npz_path, layouts=layouts, data_dir=str(records_dir), config=config_name(dataset, size)
+        npz_path=npz_path,
+        layouts=layouts,
+        progress=progress,
+        data_dir=str(records_dir),
+        config=config_name(dataset, size),
     )
 
 
@@ -155,17 +191,14 @@ def prepare(
             print(f"rebuilding records in {version_dir} ({reason})", file=sys.stderr)
         shutil.rmtree(version_dir)
     layouts = npz.inspect_npz(npz_path, get_info(dataset), size)  # fail early, before TFDS makes folders
-    builder = make_builder(dataset, size, npz_path, records_dir, layouts)
+    builder = make_builder(dataset, size, npz_path, records_dir, layouts, progress=verbose)
     if verbose:
         print(f"preparing {config_name(dataset, size)} records from {npz_path} into {version_dir}", file=sys.stderr)
     config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
-    tfds.display_progress_bar(verbose)  # TFDS's own progress bars are the "with progress"
     try:
-        with _bounded_shuffler_memory():
+        with console.quiet_tfds(), _bounded_shuffler_memory():
             builder.download_and_prepare(download_config=config)
     except PermissionError as exc:
         raise DataError(f"cannot write records under {records_dir} ({exc}); pass a writable --data-dir") from exc
-    finally:
-        tfds.display_progress_bar(True)
     stamp.write_text(json.dumps(identity))
     return builder

@@ -13,12 +13,12 @@ import http.client
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
 
+from chest_tf.console import Progress
 from chest_tf.data.info import DatasetInfo
 from chest_tf.errors import DataError
 
@@ -93,38 +93,6 @@ def check_existing(path: Path, expected_md5: str | None) -> bool:
     return False
 
 
-class _Progress:
-    """A one-line progress bar on stderr (only when it is a terminal, or when forced)."""
-
-    def __init__(self, label: str, total: int | None, done: int, enabled: bool):
-        self.label, self.total, self.done = label, total, done
-        self.enabled = enabled
-        self._last = 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self._last > 0.2:
-            self._last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        mb = self.done / 1e6
-        if self.total:
-            share = self.done / self.total
-            bar = "#" * int(30 * share)
-            text = f"\r{self.label} [{bar:<30}] {share:6.1%} {mb:8.1f} / {self.total / 1e6:.1f} MB"
-        else:
-            text = f"\r{self.label} {mb:8.1f} MB"
-        sys.stderr.write(text)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw()
-            sys.stderr.write("\n")
-
-
 def _offline_message(info: DatasetInfo, size: int, url: str, target: Path, reason: object) -> str:
     return (
         f"could not download {info.name} ({size} px) from {url} ({reason}). "
@@ -148,12 +116,13 @@ def _stream_to_part(url: str, part: Path, label: str, timeout: float, progress: 
             start = 0
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
-        bar = _Progress(label, total, start, progress)
-        with open(part, "ab" if resumed else "wb") as out:
+        with (
+            Progress(total, f"downloading {label}", unit="B", unit_scale=True, initial=start, enabled=progress) as bar,
+            open(part, "ab" if resumed else "wb") as out,
+        ):
             for block in iter(lambda: response.read(CHUNK_BYTES), b""):
                 out.write(block)
                 bar.update(len(block))
-        bar.close()
     if total is not None and part.stat().st_size != total:
         raise DataError(f"download of {url} ended early; run the same command again to resume")
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chest_tf.errors import ConfigError
+
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
@@ -85,9 +87,7 @@ class DatasetInfo:
 
     def check_size(self, size: int) -> None:
         if size not in SIZES:
-            raise ValueError(
-                f"{self.name} has no {size} px version; choose one of {', '.join(map(str, SIZES))}"
-            )
+            raise ConfigError(f"{self.name} has no {size} px version; choose one of {', '.join(map(str, SIZES))}")
 
 
 CATALOGUE: dict[str, DatasetInfo] = {
@@ -122,6 +122,11 @@ CATALOGUE: dict[str, DatasetInfo] = {
             "multi-label, binary-class",
             n_channels=1,
             license="CC BY 4.0",
+            # MedMNIST's own 7:1:2 split of all 112,120 NIH ChestX-ray14 images (MedMNIST v2, Table 1;
+            # medmnist/info.py). It is NOT NIH's train_val_list.txt / test_list.txt (86,524 / 25,596
+            # images; https://nihcc.app.box.com/v/ChestXray-NIHCC), although medmnist's description
+            # calls it "the official data split": ChestMNIST test numbers are not comparable with
+            # results on NIH's test list.
             split_sizes=_splits(78468, 11219, 22433),
             labels=(
                 "atelectasis",
@@ -380,5 +385,5 @@ def get_info(name: str) -> DatasetInfo:
     """The catalogue entry for ``name``; an unknown name fails with the list of known ones."""
     key = name.lower()
     if key not in CATALOGUE:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(sorted(CATALOGUE))}")
+        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(sorted(CATALOGUE))}")
     return CATALOGUE[key]

@@ -48,11 +48,12 @@ from pathlib import Path
 
 import numpy as np
 
+from chest_tf.data.info import SIZES
+
 PHANTOM_LABELS = (
     "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
     "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia",
 )
-SIZES = (28, 64, 128, 224)
 DEFAULT_COUNTS = {"train": 4000, "val": 800, "test": 800}
 
 # --- How findings co-occur ------------------------------------------------------------------

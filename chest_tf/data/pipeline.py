@@ -42,7 +42,6 @@ def locate_npz(
 ) -> Path:
     """The npz to read: an explicit ``npz_path``; the phantom set (generated on first use); or
     the file in ``data_dir`` (downloaded and verified when missing)."""
-    info.check_size(size)
     if npz_path is not None:
         path = Path(npz_path).expanduser()
         if not path.is_file():

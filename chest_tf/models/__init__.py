@@ -1,35 +1,14 @@
-"""Model zoo: ResNet, DenseNet and ViT families behind one registry (see registry.py).
+"""Model zoo: ResNet, DenseNet and ViT families behind one open registry.
 
-    from chest_tf.models import build_model, ARCHS
+    from chest_tf.models.registry import build_model, ARCHS
     model = build_model("resnet18", input_shape=(28, 28, 1), num_classes=14)   # logits
+    build_model("vit", ...)                                                    # alias: vit_small
 
-Grad-CAM target layer: ``last_conv_layer_name(model)``; ViT attention maps for rollout:
-``vit_attention_model(model)``.
+Modules: ``registry`` (ARCHS, families and aliases, ``build_model``, ``last_conv_layer_name``),
+``resnet``, ``densenet``, ``vit`` (``vit_attention_model`` for rollout), ``layers`` (the custom
+layers, BatchNorm), ``transfer`` (ImageNet initialisation), ``flops`` (``estimate_flops``),
+``bench`` (``python -m chest_tf.models bench``). Keras only: no TensorFlow import anywhere here.
+
+This file imports nothing, so that ``python -m chest_tf.models`` can quiet TensorFlow before
+Keras loads it (runpy imports a package before its ``__main__``).
 """
-
-from chest_tf.models.registry import (
-    ARCHS,
-    FAMILIES,
-    IMAGENET_SOURCES,
-    arch_family,
-    arch_overrides,
-    build_model,
-    estimate_flops,
-    last_conv_layer_name,
-    register,
-)
-from chest_tf.models.vit import vit_attention_layer_names, vit_attention_model
-
-__all__ = [
-    "ARCHS",
-    "FAMILIES",
-    "IMAGENET_SOURCES",
-    "arch_family",
-    "arch_overrides",
-    "build_model",
-    "estimate_flops",
-    "last_conv_layer_name",
-    "register",
-    "vit_attention_layer_names",
-    "vit_attention_model",
-]

@@ -1,37 +1,68 @@
-"""One registry for every architecture: ``build_model("densenet121", input_shape, num_classes)``.
+"""One open registry for every architecture: ``build_model("densenet121", input_shape, num_classes)``.
 
-``ARCHS`` maps names to builders; the training CLI's ``--arch`` choices are ``sorted(ARCHS)``.
-Also here: ImageNet initialisation (``weights="imagenet"``), the Grad-CAM layer lookup
-(``last_conv_layer_name``) and an analytic FLOP count (``estimate_flops``).
+A family (``register_family("resnet", build_resnet, default="resnet18")``) names the builder whose
+keyword-only arguments are the overrides its architectures accept, and the architecture its alias
+stands for; an architecture (``@register("resnet18")``) is a thin wrapper over its family's
+builder. Neither needs an edit of a closed list, so a new family registers from its own module::
+
+    register_family("convnext", build_convnext, default="convnext_tiny")
+    @register("convnext_tiny")
+    def _convnext_tiny(**kw): return build_convnext(depths=(3, 3, 9, 3), **kw)
+
+``ARCHS`` maps names to builders (``--arch`` choices are ``sorted(ARCHS)`` plus the family
+aliases); ``resolve_arch("vit")`` gives ``vit_small``. Also here: the Grad-CAM layer lookup
+(``last_conv_layer_name``). ImageNet initialisation is in ``transfer.py``, FLOPs in ``flops.py``.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import keras
-from keras import layers
 
 from chest_tf.models.densenet import build_densenet
-from chest_tf.models.layers import MIN_SIZE_FOR_STEM
 from chest_tf.models.resnet import build_resnet
+from chest_tf.models.transfer import imagenet_overrides, load_imagenet_source, transfer_weights
 from chest_tf.models.vit import VIT_SIZES, build_vit, vit_attention_layer_names
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("resnet", "densenet", "vit")
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    builder: Callable[..., keras.Model]  # its keyword-only arguments are the accepted overrides
+    default: str  # the architecture the family's name stands for (``--arch vit``)
+
+
+FAMILIES: dict[str, Family] = {}
 ARCHS: dict[str, Callable[..., keras.Model]] = {}
 _FAMILY_OF: dict[str, str] = {}
+# Set by build_model itself, never by callers.
+_INTERNAL_ARGS = {"input_shape", "num_classes", "name", "imagenet_preprocessing"}
+
+
+def register_family(name: str, builder: Callable[..., keras.Model], *, default: str) -> Family:
+    """Add a family: ``builder`` takes the overrides as keyword-only arguments; ``default`` is the
+    architecture the alias ``name`` resolves to (it may be registered after the family)."""
+    if name in FAMILIES:
+        raise ValueError(f"family {name!r} is already registered")
+    FAMILIES[name] = family = Family(name, builder, default)
+    return family
 
 
 def register(name: str, family: str | None = None):
     """Decorator adding a builder ``fn(input_shape, num_classes, **overrides) -> keras.Model`` to
-    ``ARCHS``; the family defaults to the name's prefix (resnet / densenet / vit)."""
-    family = family or next((f for f in FAMILIES if name.startswith(f)), None)
+    ``ARCHS``; the family defaults to the registered family whose name prefixes ``name``."""
+    family = family or next((f for f in sorted(FAMILIES, key=len, reverse=True) if name.startswith(f)), None)
     if family not in FAMILIES:
-        raise ValueError(f"cannot tell the family of {name!r}; pass family= one of {FAMILIES}")
+        raise ValueError(f"cannot tell the family of {name!r}; pass family= one of {sorted(FAMILIES)} "
+                         "or register_family() first")
+    if name in FAMILIES:
+        raise ValueError(f"{name!r} is a family alias; give the architecture a name of its own")
 
     def decorator(fn):
         if name in ARCHS:
@@ -41,6 +72,11 @@ def register(name: str, family: str | None = None):
         return fn
 
     return decorator
+
+
+register_family("resnet", build_resnet, default="resnet18")
+register_family("densenet", build_densenet, default="densenet121")
+register_family("vit", build_vit, default="vit_small")
 
 
 # fmt: off
@@ -68,39 +104,36 @@ def _vit_small(**kw): return build_vit(**{**VIT_SIZES["small"], **kw})
 def _vit_base(**kw): return build_vit(**{**VIT_SIZES["base"], **kw})
 # fmt: on
 
-_FAMILY_BUILDERS = {"resnet": build_resnet, "densenet": build_densenet, "vit": build_vit}
-# Set by build_model itself, never by callers.
-_INTERNAL_ARGS = {"input_shape", "num_classes", "name", "imagenet_preprocessing"}
 
-# arch -> (keras.applications constructor, the input preprocessing its weights expect)
-IMAGENET_SOURCES = {
-    "resnet50": ("ResNet50", "caffe"),
-    "resnet101": ("ResNet101", "caffe"),
-    "resnet152": ("ResNet152", "caffe"),
-    "densenet121": ("DenseNet121", "torch"),
-    "densenet169": ("DenseNet169", "torch"),
-    "densenet201": ("DenseNet201", "torch"),
-}
+def aliases() -> dict[str, str]:
+    """Family alias -> the architecture it stands for, e.g. {"vit": "vit_small"}."""
+    return {name: family.default for name, family in sorted(FAMILIES.items()) if family.default in ARCHS}
 
 
-# Overrides that would change weight shapes away from the keras.applications checkpoints.
-_CHECKPOINT_SHAPE = {"width": 64, "growth_rate": 32, "compression": 0.5}
+def arch_choices() -> list[str]:
+    """Every name ``--arch`` takes: registered architectures, then family aliases."""
+    return sorted(ARCHS) + sorted(aliases())
 
 
-def _check_name(name: str) -> str:
-    if name not in ARCHS:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHS))}")
-    return name
+def resolve_arch(name: str) -> str:
+    """The registered architecture ``name`` stands for: itself, or its family's default
+    (``vit`` -> ``vit_small``). Unknown names fail with the known ones."""
+    if name in ARCHS:
+        return name
+    if name in aliases():
+        return aliases()[name]
+    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHS))} "
+                     f"(aliases: {', '.join(f'{a}={t}' for a, t in aliases().items())})")
 
 
 def arch_family(name: str) -> str:
-    """"resnet", "densenet" or "vit"."""
-    return _FAMILY_OF[_check_name(name)]
+    """The family an architecture (or alias) belongs to, e.g. "resnet"."""
+    return _FAMILY_OF[resolve_arch(name)]
 
 
 def arch_overrides(name: str) -> list[str]:
     """The keyword overrides ``build_model(name, ...)`` accepts (besides ``weights``)."""
-    params = inspect.signature(_FAMILY_BUILDERS[arch_family(name)]).parameters
+    params = inspect.signature(FAMILIES[arch_family(name)].builder).parameters
     return sorted(p for p, spec in params.items()
                   if spec.kind is inspect.Parameter.KEYWORD_ONLY and p not in _INTERNAL_ARGS)
 
@@ -116,14 +149,14 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 14, *,
     ImageNet weights (ResNet-50/101/152, DenseNet-121/169/201; input >= 32 px, 1 or 3 channels;
     downloads once, needs a network then).
     """
-    _check_name(name)
+    name = resolve_arch(name)
     allowed = arch_overrides(name)
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(f"{name} does not take {unknown}; it accepts: {', '.join(allowed)}")
     input_shape = tuple(input_shape)
     if weights == "imagenet":
-        overrides = _imagenet_overrides(name, input_shape, overrides)
+        overrides = imagenet_overrides(name, arch_family(name), input_shape, overrides)
     elif weights is not None:
         raise ValueError(f"weights must be None or 'imagenet', got {weights!r}")
     log.info("build_model(%r, input_shape=%s, num_classes=%s, weights=%s, overrides=%s)",
@@ -134,85 +167,6 @@ def build_model(name: str, input_shape=(28, 28, 1), num_classes: int = 14, *,
     if source is not None:
         transfer_weights(source, model)
     return model
-
-
-# ----------------------------------------------------------------------------------------------
-# ImageNet initialisation
-# ----------------------------------------------------------------------------------------------
-def _imagenet_overrides(name: str, input_shape, overrides: dict) -> dict:
-    """Check an ImageNet start is possible and return the overrides that make the architecture
-    match the checkpoint (ImageNet stem, v1 stride placement, input preprocessing)."""
-    if name not in IMAGENET_SOURCES:
-        raise ValueError(
-            f"weights='imagenet' is available for {', '.join(IMAGENET_SOURCES)} only "
-            f"(keras.applications has no {name}); pass weights=None"
-        )
-    height, width, channels = input_shape
-    if min(height, width) < MIN_SIZE_FOR_STEM["imagenet"]:
-        raise ValueError(f"weights='imagenet' needs inputs of at least 32 px, got {height}x{width}; "
-                         f"use a larger image size or weights=None")
-    if channels not in (1, 3):
-        raise ValueError(f"weights='imagenet' needs 1 or 3 input channels, got {channels}")
-    for key, value in _CHECKPOINT_SHAPE.items():
-        if key in overrides and overrides[key] != value:
-            raise ValueError(f"weights='imagenet' needs the standard {key}={value}; drop {key}=")
-    if overrides.get("stem", "imagenet") != "imagenet":
-        raise ValueError("weights='imagenet' needs the 7x7 ImageNet stem; drop stem= or pass stem='imagenet'")
-    resolved = {**overrides, "stem": "imagenet", "imagenet_preprocessing": IMAGENET_SOURCES[name][1]}
-    if arch_family(name) == "resnet":
-        # keras.applications' ResNet weights were trained with the stride on the first 1x1 conv.
-        resolved.setdefault("stride_on", "conv1x1")
-    return resolved
-
-
-def load_imagenet_source(name: str, input_shape) -> keras.Model:
-    """The keras.applications backbone with ImageNet weights (downloaded once, then cached in
-    ~/.keras/models). Raises RuntimeError with what to do when that fails (e.g. offline)."""
-    constructor = getattr(keras.applications, IMAGENET_SOURCES[name][0])
-    height, width, _ = input_shape
-    try:
-        return constructor(include_top=False, weights="imagenet", input_shape=(height, width, 3))
-    except Exception as err:  # keras.utils.get_file raises a bare Exception on network errors
-        raise RuntimeError(
-            f"could not load ImageNet weights for {name} ({type(err).__name__}: {err}). They are "
-            f"downloaded once into ~/.keras/models: connect to the network (or copy the file "
-            f"there), or pass weights=None"
-        ) from err
-
-
-def transfer_weights(source: keras.Model, target: keras.Model) -> int:
-    """Copy weights from ``source`` to ``target`` layer by layer, matching names; returns the
-    number of layers copied. A source conv bias is folded into the BatchNorm that follows in
-    ``target`` (whose convs have no bias): BN(Wx + b) with mean m equals BN(Wx) with mean m - b.
-    Every conv/BN layer of ``target`` must be covered, else RuntimeError."""
-    copied, folded_biases = set(), {}
-    for src in source.layers:
-        weights = src.get_weights()
-        if not weights:
-            continue
-        try:
-            dst = target.get_layer(src.name)
-        except ValueError:
-            raise RuntimeError(f"{target.name} has no layer {src.name!r} to take {source.name}'s weights") from None
-        expected = [tuple(w.shape) for w in dst.weights]
-        if isinstance(src, layers.Conv2D) and len(weights) == 2 and len(expected) == 1:
-            kernel, bias = weights
-            weights = [kernel]
-            folded_biases[src.name[: -len("conv")] + "bn"] = bias
-        if [tuple(w.shape) for w in weights] != expected:
-            raise RuntimeError(f"shape mismatch at layer {src.name!r}: "
-                               f"{[w.shape for w in weights]} -> {expected}")
-        dst.set_weights(weights)
-        copied.add(src.name)
-    for bn_name, bias in folded_biases.items():
-        bn = target.get_layer(bn_name)
-        gamma, beta, moving_mean, moving_var = bn.get_weights()
-        bn.set_weights([gamma, beta, moving_mean - bias, moving_var])
-    missed = [l.name for l in target.layers
-              if isinstance(l, (layers.Conv2D, layers.BatchNormalization)) and l.name not in copied]
-    if missed:
-        raise RuntimeError(f"{len(missed)} conv/BN layers of {target.name} got no weights, e.g. {missed[:3]}")
-    return len(copied)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,39 +188,3 @@ def last_conv_layer_name(model: keras.Model) -> str:
         if not isinstance(output, (list, tuple)) and len(output.shape) == 4:
             return layer.name
     raise ValueError(f"{model.name} has no 4-D feature map")
-
-
-def estimate_flops(model: keras.Model) -> int:
-    """Floating-point operations of one forward pass for ONE image, counted analytically from
-    layer shapes: 2 x multiply-adds of Conv2D, Dense and attention (Q/K/V/output projections and
-    the two score matmuls). BatchNorm, activations, pooling and additions are not counted (well
-    under 1% for these architectures). Backend-agnostic (no profiler)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.MultiHeadAttention):
-            output, scores = layer.output
-            heads, q_len, k_len = scores.shape[1:]
-            q_kernel = layer.query_dense.kernel.shape  # (in, heads, key_dim)
-            k_kernel = layer.key_dense.kernel.shape
-            v_kernel = layer.value_dense.kernel.shape
-            o_kernel = layer.output_dense.kernel.shape  # (heads, value_dim, out)
-            macs = (q_len * _prod(q_kernel) + k_len * _prod(k_kernel) + k_len * _prod(v_kernel)
-                    + q_len * _prod(o_kernel)
-                    + heads * q_len * k_len * (q_kernel[-1] + v_kernel[-1]))
-        elif isinstance(layer, layers.Conv2D):
-            out = layer.output.shape  # (B, h, w, filters)
-            macs = out[1] * out[2] * _prod(layer.kernel.shape)
-        elif isinstance(layer, layers.Dense):
-            positions = _prod(layer.output.shape[1:-1])
-            macs = positions * _prod(layer.kernel.shape)
-        else:
-            continue
-        total += 2 * macs
-    return int(total)
-
-
-def _prod(shape) -> int:
-    result = 1
-    for d in shape:
-        result *= int(d)
-    return result

@@ -4,7 +4,7 @@ sensitivity / specificity at the chosen thresholds, confusion matrices, training
 Every function takes arrays (or a CSV path) and an output path, writes one PNG and returns the path.
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas rather than pyplot, so nothing
 is left open, no global backend is switched and it works headless. All numbers come from
-``chest_tf.metrics``.
+``chest_tf.evaluation.metrics``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from chest_tf import metrics
+from chest_tf.evaluation import metrics
 
 DPI = 110
 PANEL_INCHES = 2.9  # one small-multiple panel; keeps 14 labels legible on one page

@@ -2,7 +2,7 @@
 
 ``report_from_predictions`` is the entry point for anything holding predictions (the evaluate
 CLI, training's final step): plain arrays in, a folder out, the result dict of
-``chest_tf.metrics.evaluate_splits`` back. ``write_report`` renders an existing result.
+``chest_tf.evaluation.metrics.evaluate_splits`` back. ``write_report`` renders an existing result.
 
 Folder contents::
 
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from chest_tf import benchmarks, metrics, plots
+from chest_tf.evaluation import benchmarks, metrics, plots
 
 REFERENCE_DOC = "reference/benchmarks.md"
 DISPLAY_NAMES = {"chestmnist": "ChestMNIST", "pneumoniamnist": "PneumoniaMNIST", "phantom": "phantom"}
@@ -50,7 +50,7 @@ def report_from_predictions(
     history_csv: str | Path | None = None,
     run_info: dict | None = None,
 ) -> dict[str, Any]:
-    """Evaluate val/test predictions (probabilities; see ``chest_tf.metrics`` for shapes), save
+    """Evaluate val/test predictions (probabilities; see ``chest_tf.evaluation.metrics`` for shapes), save
     them to predictions.npz and write the full report folder. Thresholds come from val only.
     Returns the ``evaluate_splits`` result."""
     out_dir = Path(out_dir)

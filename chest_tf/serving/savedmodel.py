@@ -1,0 +1,177 @@
+"""Write a model as an export folder: a SavedModel that takes uint8 images, plus its metadata.
+
+    python -m chest_tf.export runs/chestmnist_224/resnet18_s0                 # -> saved_models/resnet18_chestmnist_224
+    python -m chest_tf.export RUN_DIR --out saved_models/chest_v2 [--overwrite] [--no-verify]
+
+The export folder is a SavedModel (Keras 3 ``ExportArchive``) plus two files:
+
+    saved_model.pb  variables/  fingerprint.pb
+    assets/metadata.json   labels, task, input size and channels, normalisation, thresholds chosen
+                           on validation, val/test metrics, source run, versions (plain JSON)
+    model.keras            the classifier as trained (``best.keras``), for fine-tuning
+
+Serving signature ``serve`` (also ``serving_default``), the only one::
+
+    inputs  images: uint8, shape unknown-rank: [N, H, W] or [N, H, W, C] with C in {1, 3, 4},
+            any H and W (one size per call)
+    outputs logits: float32 [N, K]; probs: float32 [N, K] (sigmoid for multi-label and one-logit
+            binary models, softmax for multi-class)
+
+The rank is left open so that a batch of grayscale arrays ``[N, H, W]`` (what TF Serving's REST
+API makes of ``{"instances": [[[...]]]}`` for 2-D images) and of channel-last images both work;
+the function checks the rank and channels at run time and fails with a clear message otherwise.
+Inside it (``preprocess``): channels are converted to the model's (RGB -> gray by BT.601
+luminance 0.299 R + 0.587 G + 0.114 B; gray -> RGB by repeating; RGBA composited over black
+first), the image is resized to the model's input size with antialiased bilinear interpolation
+(exactly the identity at the model's own size), and normalised as in training
+(``chest_tf.data.normalization``: ``(x / 255 - 0.5) / 0.5``). No augmentation is inside.
+
+Writing is atomic: everything goes to a hidden ``.NAME.partial-*`` folder beside the target,
+which is checked (the SavedModel reloaded and compared with the Keras model) and then renamed to
+NAME. An existing export is refused without ``--overwrite``; with it the old one is swapped out
+only once the new one is complete. An interrupted export removes its partial folder.
+
+Loading it without chest_tf::
+
+    import json, tensorflow as tf
+    model = tf.saved_model.load("saved_models/resnet18_chestmnist_224")
+    meta = json.load(open("saved_models/resnet18_chestmnist_224/assets/metadata.json"))
+    probs = model.serve(tf.constant(images_uint8))["probs"]   # images_uint8: [N, H, W(, C)]
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from chest_tf.data.normalization import normalize
+from chest_tf.errors import ChestTFError, ConfigError
+from chest_tf.evaluation.metrics import dumps_json
+from chest_tf.files import write_text_atomic
+from chest_tf.runs import resolve_model
+from chest_tf.serving.metadata import KERAS_FILENAME, METADATA_PATH
+from chest_tf.serving.signature import ENDPOINT, SERVE_SIGNATURE, model_input_spec, serve_function
+
+VERIFY_TOLERANCE = 1e-5
+DEFAULT_EXPORT_ROOT = Path("saved_models")
+
+
+def augmentation_layers(model) -> list[str]:
+    """Names of any chest_tf augmentation layers inside ``model`` (nested models included)."""
+    found, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        if type(layer).__module__.startswith("chest_tf.augment"):
+            found.append(layer.name)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return found
+
+
+
+def default_export_name(metadata: dict) -> str:
+    return f"{metadata['arch'] or 'model'}_{metadata['dataset']}_{metadata['input']['height']}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+def _write_saved_model(model, task: str, directory: Path) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(ENDPOINT, serve_function(model, task), input_signature=SERVE_SIGNATURE)
+    archive.write_out(str(directory), verbose=False)
+
+
+def _write_metadata(directory: Path, metadata: dict) -> None:
+    path = directory / METADATA_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, dumps_json(metadata) + "\n")
+
+
+def _write_keras(directory: Path, model, keras_file: Path | None) -> None:
+    if keras_file is not None:
+        shutil.copyfile(keras_file, directory / KERAS_FILENAME)
+    else:
+        model.save(directory / KERAS_FILENAME)
+
+
+def verify_export(directory: Path, model, tolerance: float = VERIFY_TOLERANCE, seed: int = 0) -> float:
+    """Reload the SavedModel and compare its probabilities with the Keras model's on random uint8
+    images at the model's size; returns the max abs difference, raises past ``tolerance``."""
+    height, width, channels = model_input_spec(model)
+    images = np.random.default_rng(seed).integers(0, 256, (2, height, width, channels), dtype=np.uint8)
+    loaded = tf.saved_model.load(str(directory))
+    meta = json.loads((directory / METADATA_PATH).read_text())
+    exported = loaded.serve(tf.constant(images))["probs"].numpy()
+    logits = np.asarray(model(normalize(images.astype(np.float32)), training=False), dtype=np.float32)
+    expected = tf.sigmoid(logits) if meta["activation"] == "sigmoid" else tf.nn.softmax(logits, axis=-1)
+    diff = float(np.max(np.abs(exported - np.asarray(expected))))
+    if not diff <= tolerance:
+        raise ChestTFError(f"the exported model's probabilities differ from the Keras model's by {diff:.2e} "
+                           f"(tolerance {tolerance:g}); nothing was written")
+    return diff
+
+
+def export_model(model, metadata: dict, out: str | Path, *, overwrite: bool = False, keras_file: Path | None = None,
+                 verify: bool = True) -> Path:
+    """Write ``model`` with ``metadata`` as an export folder at ``out`` (atomically; see the module
+    docstring). ``keras_file`` is copied as model.keras (else the model is saved). Returns ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
+    found = augmentation_layers(model)
+    if found:
+        raise ConfigError(f"the model contains augmentation layers ({', '.join(found)}); export the classifier alone")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {**metadata, "name": out.name}
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_saved_model(model, metadata["task"], tmp)
+        _write_metadata(tmp, metadata)
+        _write_keras(tmp, model, keras_file)
+        if verify:
+            verify_export(tmp, model)
+        _move_into_place(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        try:
+            os.rename(tmp, out)  # fails if `out` appeared meanwhile as a non-empty folder
+        except OSError:
+            if not overwrite:
+                raise ConfigError(f"{out} already exists; pass --overwrite to replace it") from None
+        else:
+            return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)  # put the previous export back
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False,
+               verify: bool = True) -> Path:
+    """Export a run folder (see the module docstring); returns the export folder."""
+    resolved = resolve_model(run_dir)
+    if resolved.kind != "run":
+        raise ConfigError(f"{run_dir} is not a run dir (config.json + best.keras); export takes a training run")
+    out = Path(out) if out is not None else DEFAULT_EXPORT_ROOT / default_export_name(resolved.metadata)
+    return export_model(resolved.model, resolved.metadata, out, overwrite=overwrite, keras_file=resolved.keras_path,
+                        verify=verify)

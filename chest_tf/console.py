@@ -18,6 +18,8 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from tqdm import tqdm
+
 from chest_tf.errors import ChestTFError
 
 VERBOSE_ENV = "CHEST_TF_VERBOSE_TF"
@@ -151,7 +153,6 @@ class Progress:
         enabled: bool = True,
         file=None,
     ):
-        from tqdm import tqdm  # noqa: PLC0415 (importing console stays cheap)
 
         self._file = file if file is not None else sys.stderr
         self._enabled = enabled

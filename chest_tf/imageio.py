@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chest_tf.errors import DataError
 
@@ -98,7 +99,6 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 
 def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
 
     try:
         with warnings.catch_warnings():

@@ -4,6 +4,7 @@ Images are stored as uint8 in [0, 255]. A model sees float32 ``(x / 255 - MEAN) 
 in [-1, 1], the convention of MedMNIST's own training code (``transforms.Normalize(mean=[.5],
 std=[.5])``). Augmentation works on that range and maps back to it.
 """
+import numpy as np
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
@@ -14,11 +15,7 @@ PIXEL_MAX = (1.0 - PIXEL_MEAN) / PIXEL_STD  # +1.0, the value of a white pixel
 def normalize(images_uint8, ops=None):
     """Map uint8 images to the model's float32 range. ``ops`` is a module with ``cast`` (tf or
     keras.ops); without it, numpy is used."""
-    if ops is None:
-        import numpy as ops  # noqa: PLC0415
-        images = images_uint8.astype("float32")
-    else:
-        images = ops.cast(images_uint8, "float32")
+    images = np.asarray(images_uint8, np.float32) if ops is None else ops.cast(images_uint8, "float32")
     return (images / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from chest_tf.data import builder as builder_lib
-from chest_tf.data import download, npz
+from chest_tf.data import download, npz, phantom
 from chest_tf.data.info import MULTI_CLASS, ORDINAL, SPLITS, DatasetInfo, get_info
 from chest_tf.data.normalization import normalize
 from chest_tf.errors import ConfigError, DataError
@@ -50,7 +50,6 @@ def locate_npz(
     target = download.npz_path(info, size, data_dir)
     if info.generated:
         if not target.exists():
-            from chest_tf.data import phantom  # noqa: PLC0415 (numpy-heavy, only when needed)
 
             print(f"generating the phantom set at {size} px into {target}")
             phantom.write_phantom(target, size=size)

@@ -197,7 +197,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["status"] == "finished" and is_finite(row.get("val_auc")):
             groups.setdefault(row["config"], []).append(row)
     out = []
-    for config, members in groups.items():
+    for members in groups.values():
         first = members[0]
         agg = {k: first.get(k) for k in ("config", "dataset", "size", "arch", "family", "depth", "variant", "params")}
         agg["n_seeds"] = len(members)
@@ -243,7 +243,7 @@ def format_duration(seconds: Any) -> str:
     seconds = float(seconds)
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m {secs:02d}s"
     hours, minutes = divmod(minutes, 60)
@@ -337,6 +337,11 @@ def render_markdown(sweep: Sweep, rows: list[dict], configs: list[dict], publish
     return "\n".join(lines) + "\n"
 
 
+def _mean_std(agg: dict, metric: str) -> str:
+    mean, std = agg[f"{metric}_mean"], agg[f"{metric}_std"]
+    return f"{format_number(mean)} ± {format_number(std)}" if agg["n_seeds"] > 1 else format_number(mean)
+
+
 def leaderboard_summary(configs: list[dict]) -> str:
     """A few lines for the terminal."""
     if not configs:
@@ -344,11 +349,8 @@ def leaderboard_summary(configs: list[dict]) -> str:
     lines = [f"{'rank':>4}  {'config':<28} {'seeds':>5}  {'val AUC':>15}  {'test AUC':>15}  {'test ACC':>15}  "
              f"{'s/epoch':>8}"]
     for a in configs:
-        def mean_std(metric):
-            mean, std = a[f"{metric}_mean"], a[f"{metric}_std"]
-            return f"{format_number(mean)} ± {format_number(std)}" if a["n_seeds"] > 1 else format_number(mean)
-        lines.append(f"{a['rank']:>4}  {a['config'][:28]:<28} {a['n_seeds']:>5}  {mean_std('val_auc'):>15}  "
-                     f"{mean_std('test_auc'):>15}  {mean_std('test_acc'):>15}  "
+        lines.append(f"{a['rank']:>4}  {a['config'][:28]:<28} {a['n_seeds']:>5}  {_mean_std(a, 'val_auc'):>15}  "
+                     f"{_mean_std(a, 'test_auc'):>15}  {_mean_std(a, 'test_acc'):>15}  "
                      f"{format_number(a['s_per_epoch_mean'], 1):>8}")
     return "\n".join(lines)
 
@@ -406,8 +408,7 @@ def plot_auc_vs_time(rows: list[dict], configs: list[dict], published: dict, out
     ax.set_ylabel("test AUC (MedMNIST formula)")
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8, title="square: config mean ± std; dot: a seed", title_fontsize=7)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=DPI)

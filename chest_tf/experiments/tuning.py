@@ -237,8 +237,8 @@ def make_tuner(kt, oracle, out: Path, runner):
 
 def make_oracle(kt, kind: str, hp, trials: int, seed: int):
     objective = kt.Objective(OBJECTIVE, direction="max")
-    common = dict(objective=objective, max_trials=trials, hyperparameters=hp, tune_new_entries=False,
-                  allow_new_entries=False, seed=seed, max_consecutive_failed_trials=3)
+    common = {"objective": objective, "max_trials": trials, "hyperparameters": hp, "tune_new_entries": False,
+              "allow_new_entries": False, "seed": seed, "max_consecutive_failed_trials": 3}
     if kind == "random":
         return kt.oracles.RandomSearchOracle(**common)
     return kt.oracles.BayesianOptimizationOracle(num_initial_points=max(2, trials // 2), **common)

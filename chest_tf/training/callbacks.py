@@ -127,7 +127,8 @@ def training_auc_metric(handle: DatasetHandle) -> keras.metrics.Metric:
 
 class ExactValidation(keras.callbacks.Callback):
     """Validation once per epoch with the exact numbers: ``val_auc`` is the official MedMNIST AUC
-    (chest_tf.evaluation.metrics) and ``val_loss`` the training loss, both over the whole validation split.
+    (chest_tf.evaluation.metrics) and ``val_loss`` the training loss, both over the whole validation
+    split.
 
     It replaces Keras' own validation pass (whose 200-threshold AUC under-reads saturated scores,
     e.g. 0.56 against an exact 0.70), so checkpoint choice and early stopping see the number
@@ -136,7 +137,7 @@ class ExactValidation(keras.callbacks.Callback):
 
     def __init__(self, handle: DatasetHandle, loss: keras.losses.Loss, batch_size: int):
         super().__init__()
-        self.loss, self.task = metrics_lib, loss, handle.info.task
+        self.loss, self.task = loss, handle.info.task
         batches = handle.batches("val", batch_size)
         self.images = batches.map(lambda x, y: x)
         self.targets = np.concatenate([y for _, y in batches.as_numpy_iterator()])

@@ -83,10 +83,6 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrite
     return False
 
 
-# ----------------------------------------------------------------------------------------------
-# Training
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -106,7 +102,6 @@ def _steps_per_epoch(config: RunConfig, handle: DatasetHandle, replicas: int) ->
         raise ConfigError(f"batch size {batch} must be divisible by the {replicas} replicas of --strategy mirrored")
     full = n // batch
     return min(config.train.steps_per_epoch, full) if config.train.steps_per_epoch else full
-
 
 
 def evaluate_best(run_dir: Path, handle: DatasetHandle, config: RunConfig, runtime: Runtime) -> dict:
@@ -164,7 +159,7 @@ def _fit(config, run_dir, runtime, resuming, evaluate, verbose) -> TrainResult:
         train.loss, handle.info.task, positives, total,
         label_smoothing=train.label_smoothing, focal_gamma=train.focal_gamma,
     )
-    fused_batchnorm.install()  # one TF kernel per BatchNorm in training (chest_tf/fused_batchnorm.py)
+    fused_batchnorm.install()  # one TF kernel per BatchNorm in training (see fused_batchnorm.py)
     strategy = distribution_strategy(runtime)
     with strategy.scope():
         try:

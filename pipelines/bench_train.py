@@ -22,10 +22,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from chest_tf import augment as augment_lib  # noqa: E402
-from chest_tf.training import fused_batchnorm  # noqa: E402
 from chest_tf.config import parse_model_args  # noqa: E402
 from chest_tf.data.pipeline import load_dataset  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
+from chest_tf.training import fused_batchnorm  # noqa: E402
 
 
 class _StepTimer(keras.callbacks.Callback):

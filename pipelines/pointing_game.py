@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from chest_tf.explain import api as explain  # noqa: E402
 from chest_tf.console import run_cli  # noqa: E402
 from chest_tf.data.phantom import PHANTOM_LABELS  # noqa: E402
 from chest_tf.errors import ConfigError  # noqa: E402
+from chest_tf.explain import api as explain  # noqa: E402
 from chest_tf.models.registry import arch_family  # noqa: E402
 from chest_tf.runs import read_run_dir, resolve_model  # noqa: E402
 

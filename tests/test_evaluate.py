@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from chest_tf.cli import evaluate
-from chest_tf.console import run_cli
-from chest_tf.evaluation import metrics
-from chest_tf.evaluation.evaluator import check_model_matches
-from chest_tf.errors import ConfigError
 from chest_tf.config import RunConfig
+from chest_tf.console import run_cli
 from chest_tf.data.info import BINARY
 from chest_tf.data.normalization import normalize
+from chest_tf.errors import ConfigError
+from chest_tf.evaluation import metrics
+from chest_tf.evaluation.evaluator import check_model_matches
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

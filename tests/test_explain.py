@@ -13,11 +13,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from chest_tf.explain import api as explain  # noqa: E402
 from chest_tf.cli import explain as explain_command  # noqa: E402
 from chest_tf.data.normalization import normalize  # noqa: E402
 from chest_tf.data.phantom import PHANTOM_LABELS  # noqa: E402
 from chest_tf.errors import ConfigError  # noqa: E402
+from chest_tf.explain import api as explain  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,14 +1,13 @@
 """The TF fused BatchNorm training kernel matches keras.layers.BatchNormalization."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
-from chest_tf.training import fused_batchnorm
 from chest_tf.models.layers import BatchNorm
 from chest_tf.models.registry import build_model
+from chest_tf.training import fused_batchnorm
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ models and augmentation stay Keras-only; metrics, plots and reports stay numpy-o
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,20 @@ def test_the_package_and_console_import_nothing_heavy():
             "heavy = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets', 'numpy') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+COMMANDS = ("train", "evaluate", "export", "predict", "explain", "sweep", "tune", "data", "models", "metrics")
+
+
+def test_every_command_help_prints_no_tensorflow_log_line():
+    """``python -m chest_tf.X --help`` prints its help on stdout and nothing on stderr: TensorFlow's
+    start-up lines (oneDNN, CUDA, cpu_feature_guard) are silenced by the entry point."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CHEST_TF_VERBOSE_TF")}
+    running = {name: subprocess.Popen([sys.executable, "-m", f"chest_tf.{name}", "--help"], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name in COMMANDS}
+    for name, proc in running.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: {err}"
+        assert out.startswith(f"usage: python -m chest_tf.{name}"), f"{name}: {out[:200]}"
+        assert err == "", f"python -m chest_tf.{name} --help printed on stderr:\n{err}"

@@ -15,10 +15,10 @@ import pytest
 
 from chest_tf.models import registry
 from chest_tf.models.flops import estimate_flops
-from chest_tf.models.registry import ARCHS, arch_family, arch_overrides, build_model, last_conv_layer_name
-from chest_tf.models.vit import vit_attention_layer_names, vit_attention_model
 from chest_tf.models.layers import DropPath, ImageNetInput, PatchSplit, ShiftedImages
+from chest_tf.models.registry import ARCHS, arch_family, arch_overrides, build_model, last_conv_layer_name
 from chest_tf.models.resnet import build_resnet
+from chest_tf.models.vit import vit_attention_layer_names, vit_attention_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = (28, 28, 1)

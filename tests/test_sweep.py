@@ -2,19 +2,23 @@
 by skipping the finished run and still ranks both."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
+from chest_tf.cli.sweep import main
 from chest_tf.config import RunConfig, config_to_toml, load_toml, parse_settings
+from chest_tf.console import run_cli
 from chest_tf.errors import ConfigError
 from chest_tf.experiments.plan import parse_sweep, select_runs
 
@@ -93,11 +97,12 @@ def test_format_errors_are_one_line_config_errors(doc, message):
 def test_cli_reports_a_bad_file_on_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[sweep]\nname = "x"\ngrid = { "model.arch" = "resnet18" }\n')
-    done = subprocess.run([sys.executable, "-m", "chest_tf.sweep", str(bad), "--dry-run"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(main, [str(bad), "--dry-run"])
+    assert code == 2, out.getvalue() + err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    assert err.getvalue().strip().splitlines()[-1] == (
         f"error: {bad}: grid 'model.arch' must be a non-empty list of values, got 'resnet18'")
 
 
@@ -236,8 +241,6 @@ def test_killed_sweep_skips_the_finished_run_and_ranks_both(phantom_dir, tmp_pat
     assert list((out / "hparams").glob("events.out.tfevents*"))
 
     # The dry run sees both finished and trains nothing.
-    from chest_tf.cli.sweep import main
-
     assert main([str(toml_path), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert printed.count(" finished ") == 2 and "dry run: nothing trained" in printed

@@ -1,7 +1,9 @@
 """Training: a short phantom run learns, a killed run resumes, bad input gets one-line errors."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import signal
@@ -101,13 +103,20 @@ def test_killed_run_resumes_with_the_same_command(phantom_dir, tmp_path):
     assert third.returncode == 2 and "already holds a finished run" in third.stderr
 
 
-def _cli_error(args: list[str], cwd: Path = REPO) -> str:
-    done = subprocess.run([sys.executable, "-m", "chest_tf.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 2, done.stdout + done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in done.stderr
-    return last
+def _cli_error(args: list[str]) -> str:
+    """The command run in this process (argparse errors exit 2 through SystemExit); its last stderr line."""
+    from chest_tf.cli.train import main
+    from chest_tf.console import run_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = run_cli(main, args)
+        except SystemExit as exc:
+            code = exc.code
+    assert code == 2, out.getvalue() + err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    return err.getvalue().strip().splitlines()[-1]
 
 
 def test_unknown_arch_and_dataset_are_one_line_errors():
@@ -180,8 +189,8 @@ def test_toml_config_and_flags_layer(tmp_path):
 
 
 def test_dataset_defaults_sit_under_toml_and_flags(tmp_path):
-    from chest_tf.config import DATASET_TRAIN_DEFAULTS, TrainConfig
     from chest_tf.cli.train import build_parser
+    from chest_tf.config import DATASET_TRAIN_DEFAULTS, TrainConfig
     from chest_tf.config import config_from_arguments as config_from_args
 
     phantom = DATASET_TRAIN_DEFAULTS["phantom"]
@@ -199,3 +208,26 @@ def test_dataset_defaults_sit_under_toml_and_flags(tmp_path):
     from_toml = parsed("--config", str(toml))
     assert (from_toml.batch_size, from_toml.epochs) == (64, phantom["epochs"])
     assert parsed("--config", str(toml), "--dataset", "pneumoniamnist").epochs == TrainConfig().epochs
+
+
+@pytest.mark.parametrize("alias, arch, overrides", [
+    ("vit", "vit_small", ["dim=32", "depth=1", "heads=2"]),
+    ("resnet", "resnet18", ["width=8"]),
+    ("densenet", "densenet121", ["growth_rate=4"]),
+])
+def test_family_alias_trains_under_the_resolved_name(phantom_dir, tmp_path, monkeypatch, alias, arch, overrides):
+    """``--arch vit`` is vit_small: the run dir, config.json and the start line say so."""
+    from chest_tf.cli.train import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--arch", alias, "--dataset", "phantom", "--data-dir", str(phantom_dir), "--epochs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "16", "--explain-every", "0", "--no-eval"]
+    for override in overrides:
+        args += ["--model-arg", override]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    run_dir = tmp_path / "runs" / "phantom_28" / f"{arch}_s0"
+    assert (run_dir / "finished.json").is_file() and (run_dir / "best.keras").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["config"]["model"]["arch"] == arch
+    assert f"starting {Path('runs') / 'phantom_28' / f'{arch}_s0'}: {arch} on phantom" in out.getvalue()

@@ -35,6 +35,7 @@ from chest_tf import console
 from chest_tf.data import npz
 from chest_tf.data.info import CATALOGUE, SIZES, SPLITS, DatasetInfo, get_info
 from chest_tf.errors import DataError
+from chest_tf.files import write_json_atomic
 
 BUILDER_NAME = "chest_tf_medmnist"
 SHUFFLER_MEMORY_BYTES = 64 << 20
@@ -200,5 +201,5 @@ def prepare(
             builder.download_and_prepare(download_config=config)
     except PermissionError as exc:
         raise DataError(f"cannot write records under {records_dir} ({exc}); pass a writable --data-dir") from exc
-    stamp.write_text(json.dumps(identity))
+    write_json_atomic(stamp, identity)
     return builder

@@ -21,6 +21,7 @@ from pathlib import Path
 from chest_tf.console import Progress
 from chest_tf.data.info import DatasetInfo
 from chest_tf.errors import DataError
+from chest_tf.files import write_json_atomic
 
 DATA_DIR_ENV = "CHEST_TF_DATA_DIR"
 CHUNK_BYTES = 1 << 20
@@ -68,7 +69,7 @@ def _has_valid_stamp(path: Path, md5: str) -> bool:
 def _write_stamp(path: Path, md5: str) -> None:
     stamp = {"md5": md5, "identity": _file_identity(path)}
     try:
-        _stamp_path(path).write_text(json.dumps(stamp))
+        write_json_atomic(_stamp_path(path), stamp)
     except OSError:
         pass  # a read-only data dir (e.g. a shared mount): we simply hash again next time
 

@@ -40,8 +40,6 @@ Usage::
 from __future__ import annotations
 
 import itertools
-import os
-import secrets
 import zipfile
 import zlib
 from pathlib import Path
@@ -49,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from chest_tf.data.info import SIZES
+from chest_tf.files import atomic_path
 
 PHANTOM_LABELS = (
     "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
@@ -878,19 +877,6 @@ def _write_member(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> Non
         stream.write(np.ascontiguousarray(array).tobytes())
 
 
-def _temp_beside(path: Path) -> Path:
-    """A new empty file next to ``path`` (same filesystem, so os.replace is atomic), created with
-    the usual permissions (mkstemp's would leave the final file readable by its owner only)."""
-    for _ in range(100):
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file beside {path}")
-
-
 def write_phantom(path, size: int = 28, counts: dict | None = None, seed: int = 0,
                   chunk: int = 1024) -> Path:
     """Write a phantom ChestMNIST npz (MedMNIST format) and its boxes file; return the npz path.
@@ -911,8 +897,9 @@ def write_phantom(path, size: int = 28, counts: dict | None = None, seed: int = 
         raise ValueError(f"counts must be non-negative, got {counts}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    npz_temp, boxes_temp = _temp_beside(path), _temp_beside(boxes_path(path))
-    try:
+    # The npz is renamed into place after its boxes file (inner block first), so a reader that
+    # finds the npz finds its boxes too.
+    with atomic_path(path) as npz_temp, atomic_path(boxes_path(path)) as boxes_temp:
         all_labels, all_boxes = {}, {}
         with zipfile.ZipFile(npz_temp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for split, n in counts.items():
@@ -931,9 +918,4 @@ def write_phantom(path, size: int = 28, counts: dict | None = None, seed: int = 
         with open(boxes_temp, "wb") as stream:  # a file object: savez would append ".npz" to a name
             np.savez(stream, label_names=np.array(PHANTOM_LABELS),
                      **{f"{split}_boxes": b for split, b in all_boxes.items()})
-        os.replace(boxes_temp, boxes_path(path))
-        os.replace(npz_temp, path)
-    finally:
-        for temp in (npz_temp, boxes_temp):
-            temp.unlink(missing_ok=True)
     return path

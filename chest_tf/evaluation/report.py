@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from chest_tf.evaluation import benchmarks, metrics, plots
+from chest_tf.files import write_text_atomic
 
 REFERENCE_DOC = "reference/benchmarks.md"
 DISPLAY_NAMES = {"chestmnist": "ChestMNIST", "pneumoniamnist": "PneumoniaMNIST", "phantom": "phantom"}
@@ -89,11 +90,9 @@ def write_report(
     figures = write_figures(out_dir, result, label_names, predictions, history_csv)
     payload = {"dataset": dataset, "size": int(size), "model_name": model_name, "run_info": run_info or {},
                "published_rows_compared": rows, "published_rows_dataset": compared_to, **result}
-    (out_dir / "metrics.json").write_text(metrics.dumps_json(payload) + "\n")
+    write_text_atomic(out_dir / "metrics.json", metrics.dumps_json(payload) + "\n")
     text = render_markdown(result, dataset, size, model_name, rows, compared_to, figures, run_info)
-    path = out_dir / "report.md"
-    path.write_text(text)
-    return path
+    return write_text_atomic(out_dir / "report.md", text)
 
 
 def comparison_rows(dataset: str, size: int) -> tuple[list[dict], str | None]:

@@ -3,7 +3,6 @@ or the most probable ones), and write an overlay PNG per image and finding, a co
 ``explanations.json`` (file, finding, probability, method, heatmap peak in the file's pixels)."""
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from chest_tf.evaluation.metrics import sigmoid, softmax
 from chest_tf.explain.checks import peak_pixels
 from chest_tf.explain.methods import METHOD_TITLES, Explainer, prepare_images
 from chest_tf.explain.render import Panel, resize_heatmap, save_contact_sheet, save_overlay
+from chest_tf.files import write_json_atomic
 
 
 @dataclass
@@ -128,5 +128,5 @@ def explain_files(model, metadata: dict, inputs: Sequence[str | Path], out_dir: 
                          "input": [explainer.height, explainer.width, explainer.channels]},
                "method": explainer.method, "layer": explainer.layer, "results": results, "contact_sheet": sheet,
                "errors": errors}
-    (out_dir / "explanations.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "explanations.json", summary)
     return summary

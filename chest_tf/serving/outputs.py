@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-
 from chest_tf import imageio
 from chest_tf.errors import ConfigError
 from chest_tf.serving.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor, Stats, interpret, predict_files

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+
 @dataclass
 class Runtime:
     precision: str

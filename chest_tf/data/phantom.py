@@ -752,7 +752,7 @@ def render_density(p: dict, size: int):
     shared = {"mottle": _upsample(p["mottle"], render)}
     shared["lung"], shared["outer"], shared["dome"] = lung_fields(fr)
     shared["heart"] = draw_heart(fr)
-    lung, heart = shared["lung"], shared["heart"]
+    lung = shared["lung"]
 
     cv = Canvas(lung.shape)
     boxes = np.full((len(lung), len(PHANTOM_LABELS), 4), np.nan, np.float32)
@@ -762,7 +762,14 @@ def render_density(p: dict, size: int):
             found = _mask_boxes(FINDING_DRAWERS[name](fr, cv, idx, shared), factor)
             found[np.isnan(found[:, 0])] = (0, 0, size, size)  # never expected; keeps the contract
             boxes[idx, k] = found
+    return compose_density(fr, p, shared, cv), boxes
 
+
+def compose_density(fr: Frame, p: dict, shared: dict, cv: Canvas) -> np.ndarray:
+    """The film's density at the internal size from the normal anatomy (``shared``: mottle, lung,
+    outer, dome, heart) and what the findings drew into ``cv``."""
+    render = fr.render
+    lung, heart = shared["lung"], shared["heart"]
     # lung air darkens the film; whatever fills the air (heart, vessels, disease) takes it back
     filling = draw_vessels(fr, shared["mottle"])
     filling *= cv.markings
@@ -792,7 +799,7 @@ def render_density(p: dict, size: int):
     gas = np.flatnonzero(p["gastric_present"] < 0.5)
     if len(gas):
         density[gas] -= 0.2 * draw_gastric_bubble(fr, gas, shared["dome"][gas])
-    return density, boxes
+    return density
 
 
 def _area_downsample(density: np.ndarray, factor: int) -> np.ndarray:

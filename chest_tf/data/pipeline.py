@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from chest_tf.data import builder as builder_lib
 from chest_tf.data import download, npz, phantom
@@ -170,8 +171,6 @@ class DatasetHandle:
 def tfds_read_config(seed: int | None, ordered: bool, shuffle_files: bool):
     """Evaluation reads shards one after another (file order); training may interleave and
     shuffle them, which TFDS guards against for datasets written in order unless told."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415
-
     options = tf.data.Options()
     options.deterministic = ordered
     if shuffle_files:

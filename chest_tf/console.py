@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from chest_tf.errors import ChestTFError
+from chest_tf.errors import ChestTFError, Interrupted
 
 VERBOSE_ENV = "CHEST_TF_VERBOSE_TF"
 
@@ -86,9 +86,13 @@ def calm_warnings() -> None:
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a command's ``main``; a ``ChestTFError`` becomes ``error: ...`` and exit status 2."""
+    """Run a command's ``main``; a ``ChestTFError`` becomes ``error: ...`` and exit status 2, an
+    ``Interrupted`` run ``interrupted: ...`` and 128 + its signal number."""
     try:
         return int(main(argv) or 0)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return exc.exit_status
     except ChestTFError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

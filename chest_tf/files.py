@@ -7,6 +7,7 @@ disk or Ctrl-C mid-write leaves the previous file as it was, never a half-writte
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -41,3 +42,21 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, *, dumps=None, **js
     """``payload`` as JSON (indent 2 unless given; ``dumps`` replaces ``json.dumps``), atomically."""
     text = dumps(payload) if dumps is not None else json.dumps(payload, **{"indent": 2, **json_args})
     return write_text_atomic(path, text + "\n")
+
+
+def write_problem(exc: BaseException) -> str | None:
+    """"no space left on the device", "read-only filesystem" or "permission denied" when ``exc``
+    (raised while writing) is one of those, else None: the words for a one-line error.
+
+    Python and Keras raise OSError with an errno; h5py raises OSError with the errno only in its
+    text; TensorFlow's file writers raise their own errors with the system's words in the text."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "errno = 28" in text \
+            or "Disk quota exceeded" in text:
+        return "no space left on the device"
+    if code == errno.EROFS or "Read-only file system" in text or "errno = 30" in text:
+        return "read-only filesystem"
+    if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text or "errno = 13" in text:
+        return "permission denied"
+    return None

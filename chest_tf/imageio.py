@@ -55,10 +55,12 @@ class ImageReadError(DataError):
     """A file could not be read as an image; the message starts with the file's path."""
 
 
-def find_images(paths: Iterable[str | os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+def find_images(paths: Iterable[str | os.PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                skipped: list[Path] | None = None) -> list[Path]:
     """Files named directly are kept whatever their name (reading decides); folders are walked
     recursively, sorted, keeping files with an image extension (case-insensitive) and skipping
-    hidden files and folders. A path that does not exist is kept, so reading reports it."""
+    hidden files and folders. A path that does not exist is kept, so reading reports it. Files
+    left out of a folder for their extension are appended to ``skipped`` when given."""
     found: list[Path] = []
     wanted = tuple(e.lower() for e in extensions)
     for raw in paths:
@@ -69,8 +71,12 @@ def find_images(paths: Iterable[str | os.PathLike], extensions: Sequence[str] = 
         for root, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
-                if not name.startswith(".") and name.lower().endswith(wanted):
+                if name.startswith("."):
+                    continue
+                if name.lower().endswith(wanted):
                     found.append(Path(root) / name)
+                elif skipped is not None:
+                    skipped.append(Path(root) / name)
     return found
 
 

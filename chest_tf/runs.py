@@ -19,11 +19,13 @@ from typing import Any
 import keras
 
 import chest_tf.augment  # noqa: F401 (registers the augmentation layers for loading)
+import chest_tf.models.ensemble  # noqa: F401 (registers the ensemble layer for loading)
 import chest_tf.models.registry  # noqa: F401 (registers the model layers for loading)
 from chest_tf.config import RunConfig
 from chest_tf.data.info import get_info
 from chest_tf.errors import ChestTFError, ConfigError
-from chest_tf.serving.metadata import KERAS_FILENAME, METADATA_PATH, build_metadata, read_metadata
+from chest_tf.serving.metadata import KERAS_FILENAME, METADATA_PATH, build_metadata, read_metadata, serving_extras
+from chest_tf.serving.signature import ServingExtras
 
 FINISHED_MARKER = "finished.json"  # written last by a training run that completed
 BEST_MODEL = "best.keras"
@@ -105,6 +107,11 @@ class ResolvedModel:
         if self.config is not None:
             return run_metadata(self.keras_path.parent, self.config, self.run_payload, self.model)
         return build_metadata(self.model, get_info(self.dataset), source={"keras_file": str(self.keras_path.resolve())})
+
+    @functools.cached_property
+    def extras(self) -> ServingExtras:
+        """Calibration and OOD scorer of an export (nothing for a run dir or a bare .keras file)."""
+        return serving_extras(self.metadata, self.metadata_dir)
 
     @property
     def run_dir(self) -> Path | None:

@@ -2,6 +2,7 @@
 PneumoniaMNIST file."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,17 +61,24 @@ def test_records_come_back_bit_identical_and_in_order(tiny_npz, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*published chestmnist split")
-def test_prepared_once_and_rebuilt_when_the_file_changes(tiny_npz, tmp_path, capsys):
+def test_prepared_once_and_a_changed_file_needs_force(tiny_npz, tmp_path, capsys):
     records = tmp_path / "records"
     first = builder.prepare("chestmnist", 28, tiny_npz, records, verbose=False)
     shard = next(Path(first.data_dir).glob("*train.tfrecord*"))
     stamp_before = shard.stat().st_mtime_ns
     builder.prepare("chestmnist", 28, tiny_npz, records, verbose=False)
     assert shard.stat().st_mtime_ns == stamp_before  # reused, not rewritten
-    write_npz(tiny_npz, counts=(30, 12, 16), rng_seed=1)
-    again = builder.prepare("chestmnist", 28, tiny_npz, records, verbose=True)
+    os.utime(tiny_npz)  # the same bytes, a new time (a copy, a touch): still the same records
+    builder.prepare("chestmnist", 28, tiny_npz, records, verbose=False)
+    assert shard.stat().st_mtime_ns == stamp_before
+    write_npz(tiny_npz, counts=(30, 12, 16), rng_seed=1)  # other bytes after preparation: refused
+    with pytest.raises(DataError, match=r"chestmnist.npz changed after its records .* were prepared .*--force$"):
+        builder.prepare("chestmnist", 28, tiny_npz, records, verbose=False)
+    again = builder.prepare("chestmnist", 28, tiny_npz, records, force=True, verbose=True)
     assert again.info.splits["train"].num_examples == 30
-    assert "changed since" in capsys.readouterr().err
+    assert "rebuilding records" in capsys.readouterr().err
+    # the old records were swapped out and removed; no temporary folder is left
+    assert sorted(p.name for p in (records / "chest_tf_medmnist" / "chestmnist_28").iterdir()) == [".prepare.lock", "1.0.0"]
 
 
 @pytest.mark.parametrize(

@@ -437,3 +437,115 @@ def test_tensorboard_panel_during_fit(trained_resnet):
     assert sorted(events.Tags()["tensors"]) == ["explanations/gradcam", "explanations/gradcam_targets"]
     (image,) = events.Tensors("explanations/gradcam")
     assert image.step == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Every method behind one API (issue 14)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [28, 64])
+def test_every_method_returns_maps_of_the_input_size(size, tiny_vit):
+    keras.utils.set_random_seed(6)
+    cnn = build_model("resnet18", (size, size, 1), 3, width=4)
+    vit = tiny_vit if size == SIZE else build_model("vit_tiny", (size, size, 1), 3, dim=16, depth=2, heads=2,
+                                                      patch_size=16)
+    images = np.random.default_rng(4).uniform(-1, 1, (3, size, size, 1)).astype("float32")
+    for model in (cnn, vit):
+        methods = explain.family_methods(model)
+        assert set(methods) | set(explain.VIT_METHODS if model is cnn else explain.CNN_METHODS) == set(explain.METHODS)
+        for method in methods:
+            maps = explain.explain(model, images, [0, 1, 2], method, steps=4, samples=3)
+            assert maps.shape == (3, size, size) and maps.dtype == np.float32, method
+            assert 0.0 <= maps.min() and maps.max() <= 1.0, method
+            # each map is normalised to a peak of 1, or all 0 where there is no positive evidence
+            assert set(np.round(maps.max(axis=(1, 2)), 5)) <= {0.0, 1.0}, method
+
+
+def test_explain_takes_uint8_images_and_method_options():
+    model = _square_detector()
+    images, _ = _square_images(2, np.random.default_rng(5))
+    uint8 = np.clip(np.rint((images[..., 0] + 1) * 127.5), 0, 255).astype(np.uint8)
+    np.testing.assert_allclose(explain.explain(model, uint8, 0, "gradcam"), explain.explain(model, images, 0, "gradcam"),
+                               atol=1e-5)
+    explainer = explain.Explainer(model, "occlusion", window=6, stride=3)
+    assert (explainer.window, explainer.stride) == (6, 3) and explain.native_grid(explainer) == (8, 8)
+    with pytest.raises(ConfigError, match="layer= applies"):
+        explain.Explainer(model, "occlusion", layer="detector_pool")
+    with pytest.raises(ConfigError, match="window"):
+        explain.Explainer(model, "occlusion", window=0)
+
+
+@pytest.mark.parametrize("method", ["hirescam", "layercam", "occlusion", "integrated-gradients", "smoothgrad"])
+def test_new_methods_follow_the_evidence(method):
+    """On the bright-square detector every method's map peaks on the square."""
+    images, boxes = _square_images(6, np.random.default_rng(0))
+    model = _square_detector()
+    maps = explain.explain(model, images, 0, method, steps=8, samples=8)
+    scores = explain.score_heatmaps(maps, explain.box_masks(boxes, SIZE, SIZE, tolerance=1.0))
+    assert scores["hit"].all(), method
+    assert (scores["energy"] > 0.2).all(), (method, scores["energy"])
+
+
+def test_layercam_fuses_the_last_stages_and_smoothgrad_repeats():
+    keras.utils.set_random_seed(7)
+    model = build_model("resnet18", (SIZE, SIZE, 1), 2, width=4)
+    assert explain.stage_layers(model) == ["conv3_block2_out", "conv4_block2_out", "conv5_block2_out"]
+    assert explain.stage_layers(model, 1) == ["conv5_block2_out"]
+    explainer = explain.Explainer(model, "layercam")
+    assert explain.native_grid(explainer) == (14, 14) and explainer.layers[-1] == "conv5_block2_out"
+    images = np.random.default_rng(8).uniform(-1, 1, (2, SIZE, SIZE, 1)).astype("float32")
+    smooth = explain.Explainer(model, "smoothgrad", samples=4, seed=3)
+    np.testing.assert_array_equal(smooth.heatmaps(images, 0), smooth.heatmaps(images, 0))
+    assert not np.array_equal(smooth.heatmaps(images, 0), explain.Explainer(model, "smoothgrad", samples=4,
+                                                                            seed=4).heatmaps(images, 0))
+
+
+def test_mask_scores_iou_bootstrap_and_ssim():
+    masks = np.zeros((2, 8, 8), bool)
+    masks[:, 2:4, 2:4] = True
+    grown = explain.dilate(masks[:1], 1.5)
+    assert grown.sum() == 16 and grown[0, 1:5, 1:5].all()            # 8-neighbours within 1.5 px
+    assert explain.dilate(masks[:1], 1.0).sum() == 4 + 8               # edge neighbours only
+    heat = np.zeros((2, 8, 8), np.float32)
+    heat[0, 2, 2] = 1.0                                                 # inside
+    heat[1, 5, 5] = 1.0                                                 # two pixels off the corner diagonal
+    heat[1, 3, 3] = 0.5
+    scores = explain.score_masks(heat, masks, tolerance=1.5)
+    assert scores["hit"].tolist() == [True, False] and scores["strict_hit"].tolist() == [True, False]
+    np.testing.assert_allclose(scores["energy"], [1.0, 0.5 / 1.5])
+    np.testing.assert_allclose(scores["mask_area"], [4 / 64, 4 / 64])
+    np.testing.assert_allclose(scores["area"], [16 / 64, 16 / 64])
+    assert explain.score_masks(heat, masks, tolerance=2.9)["hit"].tolist() == [True, True]
+    np.testing.assert_allclose(explain.mask_iou(heat, masks, 0.4), [1 / 4, 1 / 5])
+    threshold, best = explain.best_threshold(heat, masks, (0.4, 0.9))
+    assert threshold == 0.4 and best == pytest.approx((1 / 4 + 1 / 5) / 2)
+    mean, lo, hi = explain.bootstrap_mean(np.r_[np.zeros(50), np.ones(50)], 500, 0)
+    assert mean == 0.5 and 0.38 < lo < 0.5 < hi < 0.62
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 16, 16))
+    np.testing.assert_allclose(explain.ssim(a, a), 1.0)
+    assert (explain.ssim(a, rng.random((3, 16, 16))) < 0.3).all()
+    prior = explain.mask_prior(np.stack([masks[0], ~masks[0]]), np.array([1, 1]), 3)
+    assert prior.shape == (3, 8, 8) and not prior[0].any() and np.allclose(prior[1], 0.5)
+
+
+def test_deletion_and_insertion_curves():
+    """A model whose probability is the mean of the first 4 pixels: deleting those first drops it
+    at once; a random order drops it slowly; insertion is the mirror image."""
+    n, size = 3, 8
+    images = np.ones((n, size, size, 1), np.float32)
+    reference = np.zeros_like(images)
+
+    def predict(x):
+        return x.reshape(len(x), -1)[:, :4].mean(axis=1, keepdims=True)
+
+    heat = np.zeros((n, size, size))
+    heat[:, 0, :4] = 1.0
+    good = explain.deletion_insertion(predict, images, [0] * n, explain.pixel_orders(heat), reference, steps=16)
+    rand = explain.deletion_insertion(predict, images, [0] * n, explain.pixel_orders(heat, 1, random=True),
+                                      reference, steps=16)
+    assert good["deletion"].shape == (n, 17)
+    np.testing.assert_allclose(good["deletion"][:, 0], 1.0)
+    np.testing.assert_allclose(good["deletion"][:, 1:], 0.0)           # 4 px = the first step of 64 / 16
+    np.testing.assert_allclose(good["deletion_auc"], 0.5 / 16)
+    np.testing.assert_allclose(good["insertion_auc"], 1 - 0.5 / 16)
+    assert (rand["deletion_auc"] > 0.3).all() and (rand["insertion_auc"] < 0.7).all()

@@ -24,6 +24,7 @@ from chest_tf.models.registry import build_model  # noqa: E402
 from chest_tf.runs import load_keras_model, resolve_model  # noqa: E402
 from chest_tf.serving import metadata as export_metadata  # noqa: E402
 from chest_tf.serving import savedmodel, signature  # noqa: E402
+from chest_tf.serving.release import ReleaseOptions  # noqa: E402
 
 LABELS = get_info("chestmnist").labels
 THRESHOLDS = [round(0.3 + 0.03 * k, 3) for k in range(14)]
@@ -66,7 +67,8 @@ def model(run_dir):
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> Path:
-    return savedmodel.export_run(run_dir, run_dir.parent / "saved" / "vit")  # verify=True: reload + compare
+    # The signature mechanics on a fake run without data: no calibration or OOD score (test_release.py has them).
+    return savedmodel.export_run(run_dir, run_dir.parent / "saved" / "vit", options=ReleaseOptions.plain())
 
 
 def keras_probs(model, images_float_0_255: np.ndarray) -> np.ndarray:
@@ -174,15 +176,16 @@ def test_metadata_travels_and_keras_file_beside(exported, run_dir):
 
 def test_export_refuses_to_overwrite_then_replaces_with_flag(exported, run_dir, capsys):
     before = (exported / "saved_model.pb").stat().st_mtime_ns
-    assert run_cli(export_cli.main, [str(run_dir), "--out", str(exported)]) == 2
+    plain = ["--calibration", "none", "--ood", "none"]
+    assert run_cli(export_cli.main, [str(run_dir), "--out", str(exported), *plain]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--overwrite" in err and err.count("\n") == 1
     assert (exported / "saved_model.pb").stat().st_mtime_ns == before
 
-    assert run_cli(export_cli.main, [str(run_dir), "--out", str(exported), "--overwrite", "--no-verify"]) == 0
+    assert run_cli(export_cli.main, [str(run_dir), "--out", str(exported), "--overwrite", "--no-verify", *plain]) == 0
     assert "exported" in capsys.readouterr().out
     assert (exported / "saved_model.pb").stat().st_mtime_ns != before
-    assert sorted(p.name for p in exported.iterdir()) == ["assets", "fingerprint.pb", "model.keras",
+    assert sorted(p.name for p in exported.iterdir()) == ["MODEL_CARD.md", "assets", "fingerprint.pb", "model.keras",
                                                           "saved_model.pb", "variables"]
     assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no temp or old folders left
 

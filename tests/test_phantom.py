@@ -175,7 +175,7 @@ def test_write_phantom_replaces_an_existing_file_and_cleans_up_on_failure(tmp_pa
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(phantom, "generate_split", broken)
+    monkeypatch.setattr(phantom, "generate", broken)
     with pytest.raises(RuntimeError):
         phantom.write_phantom(path, size=28, counts={"train": 3}, seed=0)
     # the old file survives untouched and no temporary is left behind

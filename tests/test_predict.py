@@ -45,9 +45,10 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> Path:
+    from chest_tf.serving.release import ReleaseOptions
     from chest_tf.serving.savedmodel import export_run
 
-    return export_run(run_dir, run_dir.parent / "export", verify=False)
+    return export_run(run_dir, run_dir.parent / "export", verify=False, options=ReleaseOptions.plain())
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +280,8 @@ def test_predict_cli_table_csv_and_exit_codes(exported, good_images, bad_images,
     assert run_cli(main, [str(exported), str(folder), str(bad_images["truncated_png"]), "--format", "csv"]) == 1
     captured = capsys.readouterr()
     rows = captured.out.splitlines()
-    assert rows[0] == ",".join(["file", "width", "height", "channels", *LABELS, "positive"])
+    assert rows[0] == ",".join(["file", "width", "height", "channels", *LABELS, "positive", "ood_score",
+                                "in_distribution", "checks"])
     assert len(rows) == 1 + len(good_images)
     assert captured.err.splitlines()[0].startswith(f"error: {bad_images['truncated_png']}: truncated")
 
@@ -296,11 +298,11 @@ def test_run_dir_and_keras_file_give_the_export_numbers(predictor, run_dir, expo
     from chest_tf.serving.predictor import load_predictor
 
     batch = np.stack([good_images["gray8"][1], good_images["rgba"][1][..., :1]])
-    want = predictor.serve(batch)
+    want = predictor.serve(batch)["probs"]
     for path in (run_dir, exported / "model.keras"):
         other = load_predictor(path)
         assert other.metadata["thresholds"]["values"] == THRESHOLDS
-        assert np.max(np.abs(other.serve(batch) - want)) <= 1e-5
+        assert np.max(np.abs(other.serve(batch)["probs"] - want)) <= 1e-5
     from chest_tf.errors import ConfigError
 
     lone = run_dir.parent / "lone" / "m.keras"

@@ -17,12 +17,20 @@ Files: PNG and JPEG (8/16-bit, gray, RGB, RGBA, any size) and DICOM with pydicom
 walked recursively in sorted order for .png/.jpg/.jpeg/.dcm/.dicom. Consecutive images of the same
 size are batched (``--batch-size``); files are decoded in background threads while the model runs.
 
-Output (stdout): ``table`` (per image: each finding's probability, the threshold chosen on
-validation and the positive calls; ``--top-k`` keeps the K most probable), ``json`` (one document:
-model, thresholds, results, errors) or ``csv`` (file, size, one probability column per output,
-the calls). A file that cannot be read gets one line ``error: PATH: reason`` on stderr and the
-others are still predicted. Exit status: 0 all predicted, 1 some file failed, 2 a usage or model
-error (nothing predicted).
+Before the model sees an image, the input checks (``chest_tf.serving.input_checks``: too small,
+extreme aspect ratio, blank, strong colour, inverted polarity) refuse it (an error) or warn;
+``--check NAME=error|warning|off`` changes a check's level. An exported model also says whether
+each image is like its training images (``ood_score``, ``in_distribution``); an ensemble gives the
+members' spread per finding.
+
+Output (stdout): ``table`` (per image: the OOD verdict and warnings, each finding's probability,
+the threshold chosen on validation and the positive calls; ``--top-k`` keeps the K most
+probable), ``json`` (one document: model, thresholds, calibration, OOD, results with checks and
+OOD fields, errors, skipped files) or ``csv`` (file, size, one probability column per output, the
+calls, ood_score, in_distribution, checks). A file that cannot be read or is refused gets one line
+``error: PATH: reason`` on stderr and the others are still predicted; files in a folder that are
+not images are counted and named. Exit status: 0 all predicted, 1 some file failed or was
+refused, 2 a usage or model error (nothing predicted).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import argparse
 from chest_tf import imageio
 from chest_tf.errors import ConfigError
 from chest_tf.serving.bench import bench
+from chest_tf.serving.input_checks import CHECK_NAMES, DEFAULT_POLICY, parse_check_levels
 from chest_tf.serving.outputs import FORMATS, run_predictions
 from chest_tf.serving.predictor import DEFAULT_BATCH_SIZE, load_predictor
 
@@ -49,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, default=imageio.DEFAULT_MAX_PIXELS,
                         help=f"refuse images with more pixels than this (default {imageio.DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--dataset", help="label names and task for a bare .keras file")
+    parser.add_argument("--check", action="append", default=[], metavar="NAME=LEVEL",
+                        help="input check level: NAME one of " + ", ".join(CHECK_NAMES) +
+                             "; LEVEL error (not predicted), warning (shown) or off (repeatable)")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
     bench_group = parser.add_argument_group("benchmark (no MODEL or inputs)")
     bench_group.add_argument("--bench", action="store_true", help="measure file -> prediction throughput")
@@ -68,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("give MODEL and at least one image file or folder (or --bench)")
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be positive, got {args.max_pixels}")
+    policy = DEFAULT_POLICY.with_levels(parse_check_levels(args.check))
     predictor = load_predictor(args.model, args.dataset)
     return run_predictions(predictor, args.inputs, fmt=args.format, batch_size=args.batch_size, top_k=args.top_k,
-                           max_pixels=args.max_pixels, workers=args.workers)
+                           max_pixels=args.max_pixels, workers=args.workers, policy=policy)

@@ -21,8 +21,16 @@ Output (``--out``, default ``runs/sweeps/<name>``)::
     hparams/                 TensorBoard HParams experiment definition
 
 Rerunning the same command skips finished runs (``skipping ...``), resumes an interrupted one from
-its last epoch, and rebuilds the leaderboard from the run dirs. A finished run whose config no
-longer matches the file is an error (delete that run dir, or use another ``--out``).
+its last backup, and rebuilds the leaderboard from the run dirs. A finished run whose config no
+longer matches the file is an error (delete that run dir, or use another ``--out``). SIGTERM or
+Ctrl-C stops the sweep after saving the current run's state (exit status 143 / 130).
+
+Several processes, one sweep: start the same command several times -- on one machine, or on several
+machines that share ``--out`` -- and they divide the runs between them. Each run dir is locked by the
+process training it (the others skip it: ``skipping NAME: PID ... on HOST is training it``), so every
+run is trained once; the process that finishes last writes the leaderboard. See
+docs/DISTRIBUTED.md for a Slurm array and a several-hosts example, and for the filesystems on
+which the locks hold.
 
 TensorBoard: ``tensorboard --logdir <out>`` -- each run's ``tensorboard/`` dir is one HParams
 session (its hyperparameters and final metrics), next to its training curves. What the reported
@@ -45,6 +53,7 @@ from chest_tf.experiments import (
     run_sweep,
     select_runs,
     write_leaderboard,
+    write_leaderboard_if_last,
     write_plan,
 )
 
@@ -61,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leaderboard-only", action="store_true", help="rebuild the leaderboard from the run dirs")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                    help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch (default)")
+    p.add_argument("--backup-every-steps", type=int, default=0, metavar="N",
+                   help="also save each run's state every N steps, for long epochs (default 0: at each epoch's end "
+                        "and on SIGTERM/SIGINT)")
     return p
 
 
@@ -76,8 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     write_plan(sweep, sweep_dir, command=sys.argv)
-    failures = {} if args.leaderboard_only else run_sweep(sweep, selected, sweep_dir, verbose=args.verbose)
-    board = write_leaderboard(sweep, sweep_dir, failures)
+    if args.leaderboard_only:
+        failures, board = {}, write_leaderboard(sweep, sweep_dir)
+    else:
+        failures = run_sweep(sweep, selected, sweep_dir, verbose=args.verbose,
+                             backup_every_steps=args.backup_every_steps)
+        board = write_leaderboard_if_last(sweep, sweep_dir, failures)
+    if board is None:  # other processes still train runs of this sweep; the last one writes it
+        if failures:
+            raise ChestTFError(f"{len(failures)} of {len(selected)} runs failed: {', '.join(failures)} (see above)")
+        return 0
     print(leaderboard_summary(board["configs"]))
     print(f"leaderboard: {sweep_dir / 'leaderboard.md'} (and .csv, leaderboard_by_config.csv, auc_vs_time.png); "
           f"TensorBoard HParams: tensorboard --logdir {sweep_dir}")

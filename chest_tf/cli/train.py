@@ -10,6 +10,12 @@ their help text); ``--arch`` takes a registered name or a family alias (``vit`` 
 ``resnet`` = resnet18, ``densenet`` = densenet121). What the run dir holds:
 ``chest_tf.training.engine``. Running the same command again resumes an interrupted run at the
 epoch it reached; a finished run is left alone unless ``--overwrite`` is given.
+
+SIGTERM or Ctrl-C (preemption, ``scancel``, ``kill``) saves the state at the current step and
+exits with status 143 (SIGTERM) or 130 (SIGINT) and ``interrupted: ...``; the same command then
+resumes at that step. ``--backup-every-steps N`` also saves every N steps, for long epochs on
+machines that are killed without warning. A second process on the same run dir is refused at once
+with a one-line error naming the PID and host that hold it.
 """
 from __future__ import annotations
 
@@ -33,11 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--resume", action="store_true", help="require an interrupted run to resume")
     group.add_argument("--overwrite", action="store_true", help="replace whatever is in the run dir")
     group.add_argument("--no-eval", action="store_true", help="skip the final val/test evaluation")
+    group.add_argument("--backup-every-steps", type=int, default=0, metavar="N",
+                       help="also save the training state every N steps, for long epochs (default 0: at the end of "
+                            "each epoch and on SIGTERM/SIGINT)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     train(config_from_arguments(args), args.run_dir, resume=args.resume, overwrite=args.overwrite,
-          evaluate=not args.no_eval)
+          evaluate=not args.no_eval, backup_every_steps=args.backup_every_steps)
     return 0

@@ -15,7 +15,9 @@ predictions line up with ``handle.labels(split)``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +31,7 @@ from chest_tf.data import download, npz, phantom
 from chest_tf.data.info import MULTI_CLASS, ORDINAL, SPLITS, DatasetInfo, get_info
 from chest_tf.data.normalization import normalize
 from chest_tf.errors import ConfigError, DataError
+from chest_tf.locks import FileLock
 
 CACHE_MAX_SIZE = 64  # cache decoded splits in memory up to this image size (px)
 SHUFFLE_BUFFER_BYTES = 256 << 20  # uncached sizes: shuffle buffer of about this many image bytes
@@ -51,13 +54,36 @@ def locate_npz(
     target = download.npz_path(info, size, data_dir)
     if info.generated:
         if not target.exists():
-
-            print(f"generating the phantom set at {size} px into {target}")
-            phantom.write_phantom(target, size=size)
+            with _producing(target):  # two first runs: one generates, the other waits and reuses it
+                if not target.exists():
+                    print(f"generating the phantom set at {size} px into {target}")
+                    phantom.write_phantom(target, size=size)
         return target
     if not target.exists() and not allow_download:
         raise DataError(f"{target} is missing; run `python -m chest_tf.data download {info.name} --size {size}`")
-    return download.fetch(info, size, data_dir)
+    if target.exists():
+        return download.fetch(info, size, data_dir)
+    with _producing(target):  # one download into NAME.npz.part at a time
+        return download.fetch(info, size, data_dir)
+
+
+@contextlib.contextmanager
+def _producing(target: Path):
+    """Hold the lock (``.NAME.npz.lock`` beside ``target``) of the process that writes ``target``."""
+    def waiting(holder):
+        who = holder.describe() if holder else "another process"
+        print(f"waiting for {who}, which is writing {target}", file=sys.stderr, flush=True)
+
+    lock = FileLock(target.with_name(f".{target.name}.lock"), str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(wait=True, on_wait=waiting)
+    except OSError as exc:
+        raise DataError(f"cannot write {target} ({exc.strerror}); pass a writable --data-dir") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _label_transform(info: DatasetInfo):
@@ -194,5 +220,10 @@ def load_dataset(
     info.check_size(size)
     root = download.resolve_data_dir(data_dir)
     path = locate_npz(info, size, root, npz_path=npz_path, allow_download=allow_download)
-    built = builder_lib.prepare(info.name, size, path, records_dir_for(root, records_dir), force=force, verbose=verbose)
+    records = records_dir_for(root, records_dir)
+    fix = " ".join(["python -m chest_tf.data prepare", info.name, "--size", str(size),
+                    *(["--data-dir", str(data_dir)] if data_dir else []),
+                    *(["--records-dir", str(records_dir)] if records_dir else []),
+                    *(["--npz", str(npz_path)] if npz_path else []), "--force"])
+    built = builder_lib.prepare(info.name, size, path, records, force=force, verbose=verbose, fix=fix)
     return DatasetHandle(info=info, size=size, npz_path=path, builder=built)

@@ -30,7 +30,9 @@ from chest_tf.experiments.run import (
     print_plan,
     run_or_skip,
     run_sweep,
+    running_elsewhere,
     write_hparams_config,
+    write_leaderboard_if_last,
     write_plan,
 )
 from chest_tf.experiments.tuning import (
@@ -46,6 +48,6 @@ __all__ = [
     "PlannedRun", "Sweep", "TuneResult", "aggregate", "base_config", "check_runs", "collect_rows", "declare_space",
     "default_sweep_dir", "final_metrics", "grid_label", "hparam_values", "import_keras_tuner",
     "leaderboard_summary", "load_sweep", "log_hparams", "parse_sweep", "plot_auc_vs_time", "print_plan",
-    "read_run", "run_or_skip", "run_search", "run_state", "run_sweep", "select_runs", "trial_config",
-    "write_hparams_config", "write_leaderboard", "write_plan",
+    "read_run", "run_or_skip", "run_search", "run_state", "run_sweep", "running_elsewhere", "select_runs",
+    "trial_config", "write_hparams_config", "write_leaderboard", "write_leaderboard_if_last", "write_plan",
 ]

@@ -28,6 +28,8 @@ from chest_tf.evaluation.benchmarks import published_rows
 from chest_tf.evaluation.plots import DPI
 from chest_tf.experiments.plan import PlannedRun, Sweep, label_value, run_dir_of
 from chest_tf.files import write_text_atomic
+from chest_tf.locks import RUN_LOCK
+from chest_tf.locks import holder as lock_holder
 from chest_tf.models.registry import arch_family
 from chest_tf.runs import FINISHED_MARKER, load_keras_model
 
@@ -36,9 +38,12 @@ from chest_tf.runs import FINISHED_MARKER, load_keras_model
 
 
 def run_state(run_dir: Path) -> str:
-    """"finished", "interrupted" (a config.json but no finished.json) or "new"."""
+    """"finished", "running" (another process holds the run dir's lock), "interrupted" (a
+    config.json but no finished.json) or "new"."""
     if (run_dir / FINISHED_MARKER).exists():
         return "finished"
+    if lock_holder(run_dir / RUN_LOCK) is not None:
+        return "running"
     if (run_dir / "config.json").exists():
         return "interrupted"
     return "new"

@@ -1,6 +1,13 @@
-"""Running planned runs: a finished run is skipped, an interrupted one resumes from its last epoch,
+"""Running planned runs: a finished run is skipped, an interrupted one resumes from its last backup,
 and each run becomes one TensorBoard HParams session (its hyperparameters and final metrics, next
-to its training curves), so ``tensorboard --logdir <sweep dir>`` compares them."""
+to its training curves), so ``tensorboard --logdir <sweep dir>`` compares them.
+
+Several processes can run one sweep together (on one machine, or on several that share the sweep
+dir): each takes a run only if it can take the run dir's lock (``chest_tf.locks``) and otherwise
+moves on to the next, so every run is trained once; the sweep's own files (sweep.json, hparams/,
+the leaderboard) are written under the sweep's lock, and the leaderboard by the process that
+finishes last (``write_leaderboard_if_last``). A SIGTERM or Ctrl-C stops the sweep (the run
+saves its state; ``errors.Interrupted``); the same command continues it."""
 from __future__ import annotations
 
 import json
@@ -15,12 +22,24 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from chest_tf.config import RunConfig
-from chest_tf.errors import ChestTFError, ConfigError
-from chest_tf.experiments.leaderboard import count_params, format_duration, is_finite, read_run, run_state
+from chest_tf.errors import ChestTFError, ConfigError, Interrupted
+from chest_tf.experiments.leaderboard import (
+    count_params,
+    format_duration,
+    is_finite,
+    read_run,
+    run_state,
+    write_leaderboard,
+)
 from chest_tf.experiments.plan import PlannedRun, Sweep, describe_run, flat_settings, run_dir_of
 from chest_tf.files import write_json_atomic
+from chest_tf.locks import RUN_LOCK, LockBusy, hold
+from chest_tf.locks import holder as lock_holder
 from chest_tf.runs import saved_config_differences
 from chest_tf.training import train
+from chest_tf.training.engine import lock_run_dir
+
+SWEEP_LOCK = ".sweep.lock"  # in the sweep dir: sweep.json, hparams/ and the leaderboard are written under it
 
 HPARAMS_MARKER = "hparams.json"  # written once a run's HParams session is logged
 
@@ -138,25 +157,36 @@ def quiet_retracing_warnings() -> None:
 
 
 def run_or_skip(config: RunConfig, run_dir: Path, *, name: str, hparams: dict[str, Any], verbose: int | str = 2,
-                evaluate: bool = True, metrics: Callable[[Path], dict[str, float]] | None = None) -> str:
+                evaluate: bool = True, metrics: Callable[[Path], dict[str, float]] | None = None,
+                backup_every_steps: int = 0) -> str:
     """Train ``config`` into ``run_dir`` unless it has finished there already; an interrupted run
     resumes (chest_tf.training.train). Logs the HParams session once, with ``metrics(run_dir)``
-    (default ``final_metrics``). Returns "skipped" or "trained"."""
-    state = run_state(run_dir)
-    if state == "finished":
-        diffs = saved_config_differences(run_dir, config)
-        if diffs:
-            raise ConfigError(f"{run_dir} holds a finished run with other settings ({'; '.join(diffs)}); delete it "
-                              "or write the sweep to another --out")
-        print(f"skipping {name}: finished ({run_dir})", flush=True)
-        outcome = "skipped"
-    else:
-        keras.backend.clear_session()  # free the previous run's graphs and weights
-        print(f"{'resuming' if state == 'interrupted' else 'running'} {name} -> {run_dir}", flush=True)
-        train(config, run_dir, verbose=verbose, evaluate=evaluate)
-        outcome = "trained"
-    if not (run_dir / HPARAMS_MARKER).exists():
-        log_hparams(run_dir, hparams, name, (metrics or final_metrics)(run_dir))
+    (default ``final_metrics``). Returns "skipped", "trained", or "busy" when another process
+    holds the run dir (it is training it; nothing is done here)."""
+    try:
+        lock = lock_run_dir(run_dir)
+    except LockBusy as busy:
+        who = busy.holder.describe() if busy.holder else "another process"
+        print(f"skipping {name}: {who} is training it ({run_dir})", flush=True)
+        return "busy"
+    try:
+        state = run_state(run_dir)
+        if state == "finished":
+            diffs = saved_config_differences(run_dir, config)
+            if diffs:
+                raise ConfigError(f"{run_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
+                                  "delete it or write the sweep to another --out")
+            print(f"skipping {name}: finished ({run_dir})", flush=True)
+            outcome = "skipped"
+        else:
+            keras.backend.clear_session()  # free the previous run's graphs and weights
+            print(f"{'resuming' if state == 'interrupted' else 'running'} {name} -> {run_dir}", flush=True)
+            train(config, run_dir, verbose=verbose, evaluate=evaluate, backup_every_steps=backup_every_steps)
+            outcome = "trained"
+        if not (run_dir / HPARAMS_MARKER).exists():
+            log_hparams(run_dir, hparams, name, (metrics or final_metrics)(run_dir))
+    finally:
+        lock.release()
     return outcome
 
 
@@ -178,21 +208,48 @@ def print_plan(sweep: Sweep, runs: list[PlannedRun], sweep_dir: Path) -> None:
         print(f"{index:>3}  {run.name:<{width}}  {state:<11}  {run.config.train.epochs:>6}  {describe_run(run)}")
 
 
+def sweep_lock(sweep_dir: Path):
+    """``with sweep_lock(sweep_dir):`` -- the sweep's own files are written by one process at a time."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    return hold(sweep_dir / SWEEP_LOCK, f"sweep {sweep_dir}", wait=True)
+
+
 def write_plan(sweep: Sweep, sweep_dir: Path, command: list[str]) -> None:
     """``sweep.json`` (every run's name, seed and full config, and the ``command`` that ran it) and
     the sweep's HParams experiment definition (``hparams/``)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     plan = {"name": sweep.name, "source": sweep.source, "description": sweep.description, "grid": sweep.grid,
             "command": command, "runs": [{"name": r.name, "config": r.config_name, "seed": r.seed,
                                           "settings": r.settings, "run_dir": str(run_dir_of(sweep_dir, r)),
                                           "resolved": r.config.to_dict()} for r in sweep.runs]}
-    write_json_atomic(sweep_dir / "sweep.json", plan, default=str)
-    write_hparams_config(sweep_dir / "hparams", ["config", *sweep_hparam_keys(sweep.runs)])
+    with sweep_lock(sweep_dir):
+        write_json_atomic(sweep_dir / "sweep.json", plan, default=str)
+        write_hparams_config(sweep_dir / "hparams", ["config", *sweep_hparam_keys(sweep.runs)])
 
 
-def run_sweep(sweep: Sweep, runs: list[PlannedRun], sweep_dir: Path, *, verbose: int | str = 2) -> dict[str, str]:
-    """Run (or skip, or resume) ``runs`` of ``sweep`` one after another; a run that fails is
-    reported and the next one starts. Returns {run name: first line of its error}."""
+def running_elsewhere(sweep: Sweep, sweep_dir: Path) -> list[str]:
+    """The runs of ``sweep`` that another process is training now (it holds their run dir's lock)."""
+    return [run.name for run in sweep.runs if lock_holder(run_dir_of(sweep_dir, run) / RUN_LOCK) is not None]
+
+
+def write_leaderboard_if_last(sweep: Sweep, sweep_dir: Path, failures: dict[str, str] | None = None
+                              ) -> dict[str, Any] | None:
+    """Rebuild the leaderboard unless another process is still training one of the sweep's runs
+    (then it will, when it finishes: the last process to finish writes it); None when skipped."""
+    with sweep_lock(sweep_dir):
+        running = running_elsewhere(sweep, sweep_dir)
+        if running:
+            print(f"{len(running)} run{'s' if len(running) > 1 else ''} still training in other processes "
+                  f"({', '.join(running[:5])}{', ...' if len(running) > 5 else ''}): the last process to finish "
+                  f"writes the leaderboard", flush=True)
+            return None
+        return write_leaderboard(sweep, sweep_dir, failures)
+
+
+def run_sweep(sweep: Sweep, runs: list[PlannedRun], sweep_dir: Path, *, verbose: int | str = 2,
+              backup_every_steps: int = 0) -> dict[str, str]:
+    """Run (or skip, or resume) ``runs`` of ``sweep`` one after another; a run another process is
+    training is left to it; a run that fails is reported and the next one starts; a signal
+    (``Interrupted``) stops the sweep. Returns {run name: first line of its error}."""
     print_plan(sweep, runs, sweep_dir)
     quiet_retracing_warnings()
     keys = sweep_hparam_keys(sweep.runs)
@@ -202,7 +259,10 @@ def run_sweep(sweep: Sweep, runs: list[PlannedRun], sweep_dir: Path, *, verbose:
         print(f"[{index}/{len(runs)}] {run.name}", flush=True)
         hparams = hparam_values(run.config, keys, {"config": run.config_name})
         try:
-            run_or_skip(run.config, run_dir_of(sweep_dir, run), name=run.name, hparams=hparams, verbose=verbose)
+            run_or_skip(run.config, run_dir_of(sweep_dir, run), name=run.name, hparams=hparams, verbose=verbose,
+                        backup_every_steps=backup_every_steps)
+        except Interrupted:
+            raise
         except (ChestTFError, tf.errors.ResourceExhaustedError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"error in {run.name}: {message}", file=sys.stderr, flush=True)

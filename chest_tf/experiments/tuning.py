@@ -38,7 +38,7 @@ from chest_tf.checks import check_runnable
 from chest_tf.config import LOSSES, RunConfig, config_to_toml, merge_settings, set_setting
 from chest_tf.data.info import MULTI_CLASS, ORDINAL, get_info
 from chest_tf.data.pipeline import DatasetHandle, load_dataset
-from chest_tf.errors import ChestTFError, ConfigError
+from chest_tf.errors import ChestTFError, ConfigError, Interrupted
 from chest_tf.evaluation import metrics
 from chest_tf.evaluation.evaluator import predict_split
 from chest_tf.experiments.leaderboard import markdown_table, read_run, write_csv
@@ -228,6 +228,8 @@ def make_tuner(kt, oracle, out: Path, runner):
         def run_trial(self, trial, *args, **kwargs):
             try:
                 return runner(trial.trial_id, dict(trial.hyperparameters.values))
+            except Interrupted as exc:  # SIGTERM / Ctrl-C: stop the search; the trial resumes on the next run
+                raise kt.errors.FatalError(str(exc)) from exc
             except ChestTFError as exc:  # e.g. a NaN loss at a high lr: a failed trial, not a failed search
                 print(f"trial {trial.trial_id} failed: {exc}", file=sys.stderr, flush=True)
                 raise kt.errors.FailedTrialError(str(exc)) from None
@@ -328,7 +330,12 @@ def _run_default(base: RunConfig, out: Path, names: list[str], fixed: dict, verb
 def _search(tuner) -> None:
     try:
         tuner.search(verbose=1)
-    except RuntimeError as exc:  # keras-tuner gives up after consecutive failed trials
+    except Exception as exc:
+        if isinstance(exc.__cause__, Interrupted):
+            raise exc.__cause__ from None
+        if not isinstance(exc, RuntimeError):
+            raise
+        # keras-tuner gives up after consecutive failed trials
         last = [line for line in str(exc).splitlines() if line.strip()]
         raise ChestTFError(f"the search stopped: {last[0] if last else exc}"
                            f"{' (last: ' + last[-1] + ')' if len(last) > 1 else ''}") from None

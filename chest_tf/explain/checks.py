@@ -28,7 +28,9 @@ from chest_tf.evaluation.metrics import midranks
 from chest_tf.explain.methods import (
     CNN_METHODS,
     DEFAULT_BATCH_SIZE,
+    SINGLE_LAYER_CAMS,
     Explainer,
+    blur,
     prepare_images,
     upsample_and_normalize,
 )
@@ -139,12 +141,18 @@ def _summary(scores: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def native_grid(explainer: Explainer) -> tuple[int, int]:
-    """(h, w) of the map a method computes before upsampling: the feature map (Grad-CAM) or the
-    patch grid (rollout)."""
+    """(h, w) of the map a method computes before upsampling: the feature map (single-layer CAMs;
+    LayerCAM: its finest stage), the patch grid (rollout), the occlusion windows' positions, or
+    the input itself (gradient methods)."""
     if explainer.method in CNN_METHODS:
         shape = explainer._graph.outputs[0].shape
         return int(shape[1]), int(shape[2])
-    return explainer.grid
+    if explainer.method in ("rollout", "grad-rollout"):
+        return explainer.grid
+    if explainer.method == "occlusion":
+        return (len(range(0, explainer.height - explainer.window + 1, explainer.stride)),
+                len(range(0, explainer.width - explainer.window + 1, explainer.stride)))
+    return explainer.height, explainer.width
 
 
 def reachable_peaks(explainer: Explainer) -> np.ndarray:
@@ -344,20 +352,25 @@ def spearman(a, b) -> np.ndarray:
 
 
 def sanity_check(model, images, targets, method: str | None = None, *, seed: int = 0, cascade: bool | int = True,
-                 layer: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
-    """Rank correlation (Spearman, per image, then mean and median) between the trained model's
-    heatmaps and those of copies with re-initialised weights: cascading from the output
+                 layer: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, options: dict | None = None,
+                 reference=None) -> dict[str, Any]:
+    """Similarity between the trained model's heatmaps and those of copies with re-initialised
+    weights (Adebayo et al. 2018, model randomisation): cascading from the output
     (``weight_groups`` order, each step adding the next group; ``cascade=N``: the first N steps
-    only, False: none) and in full. Heatmaps that explain the model should decorrelate; a method
-    that mostly reflects the input would not.
+    only, False: none) and in full. Per image: Spearman rank correlation and SSIM; then the mean
+    (and median). Heatmaps that explain the model should decorrelate; a method that mostly
+    reflects the input would not. ``reference``: the trained model's maps when already computed.
 
-    Returns {"method", "n", "steps": [{"randomized": "predictions" / "... + conv5" / "all",
-    "spearman_mean", "spearman_median", "abs_spearman_mean"}, ...]}."""
+    Returns {"method", "n", "steps": [{"randomized": "predictions" / "... + conv5" / "all
+    (full re-initialisation)", "spearman_mean", "spearman_median", "abs_spearman_mean",
+    "ssim_mean", "constant_maps"}, ...]}."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         images = prepare_images(images, model)
-    explainer = Explainer(model, method, layer=layer)
-    reference = explainer.heatmaps(images, targets, batch_size=batch_size)
+    options = dict(options or {})
+    explainer = Explainer(model, method, layer=layer, **options)
+    if reference is None:
+        reference = explainer.heatmaps(images, targets, batch_size=batch_size)
     steps = []
     plan: list[tuple[str, list[str] | None]] = []
     if cascade:
@@ -370,19 +383,188 @@ def sanity_check(model, images, targets, method: str | None = None, *, seed: int
             plan.append((prefix, list(done)))
     plan.append(("all", None))
     seen_prefixes: list[str] = []
+    single_layer = explainer.layer if explainer.method in SINGLE_LAYER_CAMS else None
     for prefix, names in plan:
         copy = randomized_copy(model, names, seed=seed)
-        maps = Explainer(copy, explainer.method, layer=explainer.layer).heatmaps(images, targets,
-                                                                                  batch_size=batch_size)
-        rho = spearman(reference, maps)
+        maps = Explainer(copy, explainer.method, layer=single_layer, **options).heatmaps(
+            images, targets, batch_size=batch_size)
         if prefix != "all":
             seen_prefixes.append(prefix)
-        steps.append({
-            "randomized": "all (full re-initialisation)" if prefix == "all" else " + ".join(seen_prefixes),
-            "groups": len(seen_prefixes) if prefix != "all" else None,
-            "spearman_mean": float(np.nanmean(rho)),
-            "spearman_median": float(np.nanmedian(rho)),
-            "abs_spearman_mean": float(np.nanmean(np.abs(rho))),
-            "constant_maps": int(np.isnan(rho).sum()),
-        })
+        steps.append({"randomized": "all (full re-initialisation)" if prefix == "all" else " + ".join(seen_prefixes),
+                      "groups": len(seen_prefixes) if prefix != "all" else None, **map_similarity(reference, maps)})
     return {"method": explainer.method, "layer": explainer.layer, "n": len(images), "steps": steps}
+
+
+def map_similarity(a, b) -> dict[str, Any]:
+    """Mean/median Spearman, mean |Spearman| and mean SSIM of pairs of maps (B, H, W)."""
+    rho = spearman(a, b)
+    structural = ssim(a, b)
+    return {"spearman_mean": float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
+            "spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else float("nan"),
+            "abs_spearman_mean": float(np.nanmean(np.abs(rho))) if np.isfinite(rho).any() else float("nan"),
+            "ssim_mean": float(np.mean(structural)),
+            "constant_maps": int(np.isnan(rho).sum())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks (phantom version 2): pointing game with a tolerance, energy, IoU, the location prior
+# ----------------------------------------------------------------------------------------------
+def pointing_tolerance(size: int) -> float:
+    """The pointing game's default tolerance for an image ``size`` px wide: Zhang et al.'s 15 px
+    at 224 px (Top-down neural attention by excitation backprop, IJCV 2018), scaled."""
+    return 15.0 * size / 224.0
+
+
+def dilate(masks, radius: float) -> np.ndarray:
+    """(..., H, W) bool masks grown by every pixel whose centre lies within ``radius`` pixels
+    (Euclidean) of a mask pixel's centre; ``radius`` < 1 leaves them as they are."""
+    masks = np.asarray(masks, bool)
+    r = int(math.floor(radius))
+    if r < 1:
+        return masks.copy()
+    height, width = masks.shape[-2:]
+    out = masks.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if (dy or dx) and dy * dy + dx * dx <= radius * radius:
+                ys, yd = (slice(0, height - dy), slice(dy, height)) if dy >= 0 else (slice(-dy, height), slice(0, height + dy))
+                xs, xd = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (slice(-dx, width), slice(0, width + dx))
+                out[..., yd, xd] |= masks[..., ys, xs]
+    return out
+
+
+def mask_prior(masks, findings, num_findings: int) -> np.ndarray:
+    """(K, H, W): per finding, the mean of its masks (``masks`` (M, H, W), ``findings`` (M,) the
+    finding of each), fitted on a training split: where each finding usually is. Its peak is the
+    image-blind 'always point at the usual place' baseline."""
+    masks = np.asarray(masks, bool)
+    findings = np.asarray(findings)
+    prior = np.zeros((num_findings, *masks.shape[1:]), np.float64)
+    for k in range(num_findings):
+        sel = findings == k
+        if sel.any():
+            prior[k] = masks[sel].mean(axis=0)
+    return prior
+
+
+def mask_iou(heatmaps, masks, threshold: float) -> np.ndarray:
+    """(M,) IoU of each map binarised at ``threshold`` (maps in [0, 1]; pixels >= threshold, and
+    > 0) with its mask."""
+    heatmaps = np.asarray(heatmaps, np.float32)
+    masks = np.asarray(masks, bool)
+    on = (heatmaps >= threshold) & (heatmaps > 0)
+    inter = (on & masks).sum(axis=(1, 2))
+    union = (on | masks).sum(axis=(1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+IOU_THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
+
+
+def best_threshold(heatmaps, masks, thresholds: Sequence[float] = IOU_THRESHOLDS) -> tuple[float, float]:
+    """(threshold, mean IoU) of the threshold with the best mean IoU (chosen on validation)."""
+    scores = [float(np.mean(mask_iou(heatmaps, masks, t))) if len(masks) else float("nan") for t in thresholds]
+    best = int(np.nanargmax(scores)) if len(masks) else 0
+    return float(thresholds[best]), scores[best]
+
+
+def score_masks(heatmaps, masks, tolerance: float) -> dict[str, np.ndarray]:
+    """Per (map, mask): ``hit`` (the peak, ``peak_pixels``, lies within ``tolerance`` px of the
+    mask; an all-zero map misses), ``strict_hit`` (inside the mask itself), ``energy`` (map mass in
+    the mask / total; the energy-based pointing game), ``area`` (the tolerance-grown mask's share:
+    the hit rate of a uniformly random point), ``strict_area`` and ``mask_area`` (the mask's share:
+    the energy of a uniform map)."""
+    masks = np.asarray(masks, bool)
+    grown = dilate(masks, tolerance)
+    scores = score_heatmaps(heatmaps, masks, grown)
+    strict = score_heatmaps(heatmaps, masks, masks)
+    return {"hit": scores["hit"], "strict_hit": strict["hit"], "energy": scores["energy"], "area": scores["area"],
+            "strict_area": strict["area"], "mask_area": scores["box_area"], "empty": scores["empty"]}
+
+
+def bootstrap_mean(values, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5th, 97.5th percentile of the bootstrap means) of ``values`` (NaN-free)."""
+    values = np.asarray(values, np.float64)
+    if len(values) == 0:
+        return (float("nan"),) * 3
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    for lo in range(0, n_resamples, 200):
+        hi = min(n_resamples, lo + 200)
+        means[lo:hi] = values[rng.integers(0, len(values), size=(hi - lo, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(values.mean()), float(low), float(high)
+
+
+# ----------------------------------------------------------------------------------------------
+# Faithfulness: deletion and insertion (Petsiuk et al. 2018, RISE)
+# ----------------------------------------------------------------------------------------------
+def pixel_orders(heatmaps, seed: int = 0, random: bool = False) -> np.ndarray:
+    """(B, H*W) pixel indices, most salient first (ties broken at random, seeded); ``random``:
+    a random order per map (the baseline)."""
+    heatmaps = np.asarray(heatmaps, np.float64)
+    n = len(heatmaps)
+    rng = np.random.default_rng(seed)
+    jitter = rng.random((n, heatmaps[0].size))
+    if random:
+        return np.argsort(jitter, axis=1)
+    flat = heatmaps.reshape(n, -1)
+    return np.lexsort((jitter, -flat), axis=1) if n else np.zeros((0, 0), np.int64)
+
+
+def deletion_insertion(predict, images, targets, orders, reference, steps: int = 16,
+                       batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Deletion and insertion curves. ``predict(x) -> (B, K) probabilities``; ``images`` (B, H, W,
+    C); ``orders`` (B, H*W) from ``pixel_orders``; ``reference`` (B, H, W, C) the images with the
+    information removed (``methods.blur``). Deletion replaces the first 0, 1/steps, ..., all pixels of
+    each order with the reference; insertion starts from the reference and puts them back. The
+    target's probability is read at each of the steps + 1 points; an AUC is the curve's mean
+    under the trapezoid rule over [0, 1]. Returns {"deletion", "insertion": (B, steps + 1) curves,
+    "deletion_auc", "insertion_auc": (B,)}."""
+    images = np.asarray(images, np.float32)
+    reference = np.asarray(reference, np.float32)
+    n, height, width, channels = images.shape
+    pixels = height * width
+    targets = np.asarray(targets, np.int64)
+    counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int64)
+    rank = np.empty((n, pixels), np.int64)
+    rank[np.arange(n)[:, None], orders] = np.arange(pixels)[None, :]
+    curves = {"deletion": np.zeros((n, steps + 1)), "insertion": np.zeros((n, steps + 1))}
+    for kind in curves:
+        batch, where = [], []
+        for s, count in enumerate(counts):
+            removed = (rank < count).reshape(n, height, width, 1)
+            mixed = np.where(removed, reference, images) if kind == "deletion" else np.where(removed, images, reference)
+            batch.append(mixed)
+            where.append(s)
+            if sum(len(b) for b in batch) >= batch_size or s == steps:
+                stacked = np.concatenate(batch)
+                probs = np.asarray(predict(stacked))
+                picked = probs.reshape(len(batch), n, -1)[:, np.arange(n), targets]
+                for j, step in enumerate(where):
+                    curves[kind][:, step] = picked[j]
+                batch, where = [], []
+    trapezoid = np.full(steps + 1, 1.0 / steps)
+    trapezoid[[0, -1]] *= 0.5
+    return {**curves, "deletion_auc": curves["deletion"] @ trapezoid, "insertion_auc": curves["insertion"] @ trapezoid}
+
+
+# ----------------------------------------------------------------------------------------------
+# Map similarity: SSIM (Wang et al. 2004) for the randomisation checks
+# ----------------------------------------------------------------------------------------------
+def ssim(a, b, sigma: float = 1.5, data_range: float = 1.0) -> np.ndarray:
+    """(B,) mean structural similarity of each pair of maps (B, H, W), with a Gaussian window of
+    ``sigma`` px (11 x 11 at the standard 1.5) and reflected edges."""
+    a = np.asarray(a, np.float64)[..., None]
+    b = np.asarray(b, np.float64)[..., None]
+
+    def smooth(x):
+        return blur(x.astype(np.float32), sigma).astype(np.float64)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = smooth(a), smooth(b)
+    var_a = smooth(a * a) - mu_a ** 2
+    var_b = smooth(b * b) - mu_b ** 2
+    cov = smooth(a * b) - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return index.reshape(len(index), -1).mean(axis=1)

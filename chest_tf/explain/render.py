@@ -131,3 +131,36 @@ def _save_figure(fig, path) -> Path:
     fig.savefig(path)
     fig.clear()
     return path
+
+
+def save_example_grid(images, heatmaps, masks, findings: Sequence[str], hits, path: str | Path,
+                      title: str | None = None) -> Path:
+    """Benchmark examples: per column an X-ray (uint8 (H, W)) with its finding's ground-truth mask
+    outlined (top) and the heatmap over it with the outline and the map's peak (bottom; x: a hit,
+    o: a miss)."""
+    n = len(images)
+    fig = Figure(figsize=(1.9 * max(n, 1), 4.3), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, max(n, 1), squeeze=False)
+    for j in range(n):
+        image = _display_image(images[j])
+        height, width = image.shape[:2]
+        heat = resize_heatmap(heatmaps[j], height, width)
+        for row, ax in enumerate(axes[:, j]):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            if row == 1:
+                rgba = matplotlib.colormaps[OVERLAY_CMAP](heat)
+                rgba[..., 3] = MAX_ALPHA * heat
+                ax.imshow(rgba, interpolation="nearest")
+                if heat.max() > 0:
+                    py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                    ax.plot(px, py, "x" if hits[j] else "o", color="white", markersize=7, markeredgewidth=2,
+                            fillstyle="none")
+            if np.asarray(masks[j]).any():
+                ax.contour(np.asarray(masks[j], np.float32), levels=[0.5], colors="lime", linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, j].set_title(findings[j], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save_figure(fig, path)

@@ -18,7 +18,16 @@ import chest_tf
 from chest_tf.data.info import BINARY, MULTI_LABEL, DatasetInfo
 from chest_tf.data.normalization import PIXEL_MEAN, PIXEL_STD
 from chest_tf.errors import ConfigError
-from chest_tf.serving.signature import ENDPOINT, INPUT_NAME, RESIZE, model_input_spec, output_activation
+from chest_tf.serving.input_checks import DEFAULT_POLICY
+from chest_tf.serving.ood import OODScorer
+from chest_tf.serving.signature import (
+    ENDPOINT,
+    INPUT_NAME,
+    RESIZE,
+    ServingExtras,
+    model_input_spec,
+    output_activation,
+)
 
 METADATA_FORMAT = "chest_tf.export/1"
 METADATA_PATH = Path("assets") / "metadata.json"
@@ -66,8 +75,13 @@ def build_metadata(
     arch: str | None = None,
     metrics: dict | None = None,
     source: dict | None = None,
+    calibration: dict | None = None,
+    ood: dict | None = None,
+    ensemble: dict | None = None,
 ) -> dict[str, Any]:
-    """The plain-JSON description that travels with an export (see ``assets/metadata.json``)."""
+    """The plain-JSON description that travels with an export (see ``assets/metadata.json``).
+    ``calibration``, ``ood`` and ``ensemble`` describe what export added to the serving
+    computation (``chest_tf.serving.release``); absent, the model serves raw probabilities."""
     height, width, channels = model_input_spec(model)
     num_outputs = int(model.output_shape[-1])
     names = output_names(info, num_outputs)
@@ -109,9 +123,12 @@ def build_metadata(
         "signature": {
             "endpoint": ENDPOINT, "aliases": ["serving_default"],
             "inputs": {INPUT_NAME: {"dtype": "uint8", "shape": "unknown rank: [N, H, W] or [N, H, W, C]"}},
-            "outputs": {"logits": {"dtype": "float32", "shape": [None, num_outputs]},
-                        "probs": {"dtype": "float32", "shape": [None, num_outputs], "activation": activation}},
+            "outputs": _signature_outputs(num_outputs, activation, calibration, ood, ensemble),
         },
+        "calibration": calibration or {"method": "none", "note": "probabilities are the model's own"},
+        "ood": ood or {"method": "none"},
+        "ensemble": ensemble,
+        "input_checks": DEFAULT_POLICY.to_dict(),
         "metrics": {
             "headline": (metrics or {}).get("headline"),
             "val": _split_summary((metrics or {}).get("val")),
@@ -122,6 +139,36 @@ def build_metadata(
         "versions": {"chest_tf": chest_tf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": platform.python_version()},
     }
+
+
+def _signature_outputs(num_outputs: int, activation: str, calibration: dict | None, ood: dict | None,
+                       ensemble: dict | None) -> dict:
+    calibrated = bool(calibration and calibration.get("method") == "temperature")
+    outputs = {"logits": {"dtype": "float32", "shape": [None, num_outputs],
+                          "note": "the model's logits (an ensemble: the logits of its mean probability)"},
+               "probs": {"dtype": "float32", "shape": [None, num_outputs], "activation": activation,
+                         "calibrated": calibrated}}
+    if ood and ood.get("method", "none") != "none":
+        outputs["ood_score"] = {"dtype": "float32", "shape": [None], "note": "higher is stranger"}
+        outputs["in_distribution"] = {"dtype": "bool", "shape": [None], "rule": "ood_score <= ood.threshold"}
+    if ensemble:
+        outputs["uncertainty"] = {"dtype": "float32", "shape": [None, num_outputs],
+                                  "note": "standard deviation of the members' probabilities"}
+    return outputs
+
+
+def serving_extras(metadata: dict, directory: Path | None) -> ServingExtras:
+    """The temperatures and OOD scorer an export's metadata describes (statistics read from
+    ``directory``), for serving its Keras model exactly as its SavedModel does."""
+    calibration = metadata.get("calibration") or {}
+    temperatures = calibration.get("temperatures") if calibration.get("method") == "temperature" else None
+    ood_meta = metadata.get("ood") or {}
+    scorer = None
+    if ood_meta.get("method", "none") != "none":
+        if directory is None:
+            raise ConfigError("an OOD score needs the export folder its statistics live in")
+        scorer = OODScorer.from_metadata(ood_meta, metadata["activation"], Path(directory))
+    return ServingExtras(None if temperatures is None else np.asarray(temperatures, np.float32), scorer)
 
 
 def _read_json(path: Path) -> dict:

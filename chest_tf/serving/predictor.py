@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -19,6 +19,8 @@ import tensorflow as tf
 from chest_tf import imageio
 from chest_tf.errors import ChestTFError, ConfigError
 from chest_tf.runs import resolve_model
+from chest_tf.serving.input_checks import DEFAULT_POLICY, CheckResult, InputPolicy, check_image
+from chest_tf.serving.input_checks import errors as input_errors
 from chest_tf.serving.signature import ENDPOINT, serving_tf_function
 
 DEFAULT_BATCH_SIZE = 16
@@ -26,18 +28,28 @@ DEFAULT_BATCH_SIZE = 16
 
 @dataclass
 class Predictor:
-    """``serve(uint8 batch) -> probs (N, K) float32`` and the export metadata that explains them."""
+    """``serve(uint8 batch) -> {"probs": (N, K) float32, and when the model has them "ood_score" (N,),
+    "in_distribution" (N,), "uncertainty" (N, K)}`` and the export metadata that explains them."""
 
-    serve: Callable[[np.ndarray], np.ndarray]
+    serve: Callable[[np.ndarray], dict[str, np.ndarray]]
     metadata: dict
     kind: str  # "savedmodel", "run" or "keras"
     path: Path
     handle: Any = None  # the loaded SavedModel or Keras model, kept alive while ``serve`` is used
 
+    @property
+    def model_size(self) -> int:
+        return int(self.metadata["input"]["height"])
+
+
+def _numpy_outputs(fn) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    return lambda images: {name: value.numpy() for name, value in fn(tf.constant(images)).items()}
+
 
 def load_predictor(model_path: str | Path, dataset: str | None = None) -> Predictor:
     """A ``Predictor`` for an export folder (its SavedModel), a run dir or a .keras file (the Keras
-    model through the same serving computation); see ``chest_tf.runs.resolve_model``."""
+    model through the same serving computation, with an export's calibration and OOD score when
+    it lives in one); see ``chest_tf.runs.resolve_model``."""
     resolved = resolve_model(model_path, dataset)
     if resolved.kind == "export":
         try:
@@ -46,12 +58,10 @@ def load_predictor(model_path: str | Path, dataset: str | None = None) -> Predic
             raise ChestTFError(f"cannot load the SavedModel at {resolved.path}: {str(exc).splitlines()[0]}") from None
         if not hasattr(loaded, ENDPOINT):
             raise ConfigError(f"the SavedModel at {resolved.path} has no '{ENDPOINT}' endpoint")
-        fn = getattr(loaded, ENDPOINT)
-        return Predictor(lambda images: fn(tf.constant(images))["probs"].numpy(), resolved.metadata, "savedmodel",
-                         resolved.path, loaded)
-    fn = serving_tf_function(resolved.model, resolved.metadata["task"])
-    return Predictor(lambda images: fn(tf.constant(images))["probs"].numpy(), resolved.metadata, resolved.kind,
-                     resolved.path, resolved.model)
+        return Predictor(_numpy_outputs(getattr(loaded, ENDPOINT)), resolved.metadata, "savedmodel", resolved.path,
+                         loaded)
+    fn = serving_tf_function(resolved.model, resolved.metadata["task"], resolved.extras)
+    return Predictor(_numpy_outputs(fn), resolved.metadata, resolved.kind, resolved.path, resolved.model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +122,10 @@ class Prediction:
     path: Path
     shape: tuple[int, int, int]  # height, width, channels as read
     probs: np.ndarray  # (K,)
+    checks: list[CheckResult] = field(default_factory=list)  # warnings only: errors are not predicted
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    uncertainty: np.ndarray | None = None  # (K,), ensembles only
 
 
 def predict_files(
@@ -121,34 +135,48 @@ def predict_files(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS,
     workers: int = 2,
+    policy: InputPolicy = DEFAULT_POLICY,
     on_error: Callable[[Path, str], None] | None = None,
     stats: Stats | None = None,
 ) -> Iterator[Prediction]:
-    """Predictions for the readable files, in input order, batching consecutive images of one
-    shape; unreadable files go to ``on_error(path, message)``."""
+    """Predictions for the readable files that pass the input checks (``policy``), in input order,
+    batching consecutive images of one shape; unreadable or refused files go to
+    ``on_error(path, message)``."""
     stats = stats if stats is not None else Stats()
-    batch: list[Decoded] = []
+    batch: list[tuple[Decoded, list[CheckResult]]] = []
 
     def flush() -> Iterator[Prediction]:
         start = time.perf_counter()
-        probs = np.asarray(predictor.serve(np.stack([d.image for d in batch])), dtype=np.float32)
+        outputs = predictor.serve(np.stack([d.image for d, _ in batch]))
         stats.model_seconds += time.perf_counter() - start
         stats.batches += 1
         stats.images += len(batch)
-        for d, p in zip(batch, probs):
-            yield Prediction(d.path, tuple(d.image.shape), p)
+        probs = np.asarray(outputs["probs"], dtype=np.float32)
+        for i, (d, checks) in enumerate(batch):
+            yield Prediction(
+                d.path, tuple(d.image.shape), probs[i], checks,
+                ood_score=float(outputs["ood_score"][i]) if "ood_score" in outputs else None,
+                in_distribution=bool(outputs["in_distribution"][i]) if "in_distribution" in outputs else None,
+                uncertainty=np.asarray(outputs["uncertainty"][i]) if "uncertainty" in outputs else None,
+            )
         batch.clear()
 
     for decoded in decode_in_order(paths, max_pixels, workers):
         stats.decode_seconds += decoded.seconds
+        if decoded.error is None:
+            checks = check_image(decoded.image, predictor.model_size, policy)
+            refused = input_errors(checks)
+            if refused:
+                decoded.error = (f"{decoded.path}: {refused[0].message} (input check {refused[0].check}; "
+                                 f"--check {refused[0].check}=warning predicts it anyway)")
         if decoded.error is not None:
             stats.failed += 1
             if on_error is not None:
                 on_error(decoded.path, decoded.error)
             continue
-        if batch and (len(batch) >= batch_size or batch[0].image.shape != decoded.image.shape):
+        if batch and (len(batch) >= batch_size or batch[0][0].image.shape != decoded.image.shape):
             yield from flush()
-        batch.append(decoded)
+        batch.append((decoded, checks))
     if batch:
         yield from flush()
 
@@ -173,14 +201,3 @@ def interpret(probs: np.ndarray, metadata: dict) -> dict[str, Any]:
     else:
         out["predicted"] = names[int(np.argmax(probs))]
     return out
-
-
-def _shape_text(shape: tuple[int, int, int]) -> str:
-    return f"{shape[1]} x {shape[0]} {'gray' if shape[2] == 1 else 'RGB'}"
-
-
-def _ranked(names: Sequence[str], probs: Sequence[float], top_k: int) -> list[int]:
-    order = sorted(range(len(names)), key=lambda k: -probs[k])
-    return order[:top_k] if top_k > 0 else order
-
-

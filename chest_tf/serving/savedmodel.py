@@ -40,11 +40,13 @@ Loading it without chest_tf::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -54,9 +56,17 @@ from chest_tf.data.normalization import normalize
 from chest_tf.errors import ChestTFError, ConfigError
 from chest_tf.evaluation.metrics import dumps_json
 from chest_tf.files import write_text_atomic
-from chest_tf.runs import resolve_model
 from chest_tf.serving.metadata import KERAS_FILENAME, METADATA_PATH
-from chest_tf.serving.signature import ENDPOINT, SERVE_SIGNATURE, model_input_spec, serve_function
+from chest_tf.serving.model_card import write_model_card
+from chest_tf.serving.release import REPORT_DIR, ReleaseOptions, prepare_release, write_release_report
+from chest_tf.serving.signature import (
+    ENDPOINT,
+    SERVE_SIGNATURE,
+    ServingExtras,
+    model_input_spec,
+    serve_function,
+    serving_tf_function,
+)
 
 VERIFY_TOLERANCE = 1e-5
 DEFAULT_EXPORT_ROOT = Path("saved_models")
@@ -81,10 +91,10 @@ def default_export_name(metadata: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
-def _write_saved_model(model, task: str, directory: Path) -> None:
+def _write_saved_model(model, task: str, directory: Path, extras: ServingExtras | None) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(ENDPOINT, serve_function(model, task), input_signature=SERVE_SIGNATURE)
+    archive.add_endpoint(ENDPOINT, serve_function(model, task, extras), input_signature=SERVE_SIGNATURE)
     archive.write_out(str(directory), verbose=False)
 
 
@@ -101,27 +111,42 @@ def _write_keras(directory: Path, model, keras_file: Path | None) -> None:
         model.save(directory / KERAS_FILENAME)
 
 
-def verify_export(directory: Path, model, tolerance: float = VERIFY_TOLERANCE, seed: int = 0) -> float:
-    """Reload the SavedModel and compare its probabilities with the Keras model's on random uint8
-    images at the model's size; returns the max abs difference, raises past ``tolerance``."""
+def verify_export(directory: Path, model, extras: ServingExtras | None = None, tolerance: float = VERIFY_TOLERANCE,
+                  seed: int = 0) -> float:
+    """Reload the SavedModel and compare it on random uint8 images at the model's size: its
+    probabilities with the Keras model's computed outside the serving graph (training's
+    normalisation, the activation, the temperatures), and every output with the Keras model
+    through the same serving computation. Returns the max abs difference, raises past ``tolerance``."""
     height, width, channels = model_input_spec(model)
     images = np.random.default_rng(seed).integers(0, 256, (2, height, width, channels), dtype=np.uint8)
     loaded = tf.saved_model.load(str(directory))
     meta = json.loads((directory / METADATA_PATH).read_text())
-    exported = loaded.serve(tf.constant(images))["probs"].numpy()
+    exported = {name: value.numpy() for name, value in loaded.serve(tf.constant(images)).items()}
     logits = np.asarray(model(normalize(images.astype(np.float32)), training=False), dtype=np.float32)
+    if extras is not None and extras.temperatures is not None:
+        logits = logits / extras.temperatures
     expected = tf.sigmoid(logits) if meta["activation"] == "sigmoid" else tf.nn.softmax(logits, axis=-1)
-    diff = float(np.max(np.abs(exported - np.asarray(expected))))
+    diffs = [float(np.max(np.abs(exported["probs"] - np.asarray(expected))))]
+    keras_path = serving_tf_function(model, meta["task"], extras)(tf.constant(images))
+    for name, value in keras_path.items():
+        if value.dtype == tf.bool:
+            diffs.append(float(np.any(value.numpy() != exported[name])))
+        else:
+            diffs.append(float(np.max(np.abs(value.numpy() - exported[name]))))
+    diff = max(diffs)
     if not diff <= tolerance:
-        raise ChestTFError(f"the exported model's probabilities differ from the Keras model's by {diff:.2e} "
+        raise ChestTFError(f"the exported model's outputs differ from the Keras model's by {diff:.2e} "
                            f"(tolerance {tolerance:g}); nothing was written")
     return diff
 
 
 def export_model(model, metadata: dict, out: str | Path, *, overwrite: bool = False, keras_file: Path | None = None,
-                 verify: bool = True) -> Path:
+                 verify: bool = True, extras: ServingExtras | None = None,
+                 finish: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` with ``metadata`` as an export folder at ``out`` (atomically; see the module
-    docstring). ``keras_file`` is copied as model.keras (else the model is saved). Returns ``out``."""
+    docstring). ``keras_file`` is copied as model.keras (else the model is saved); ``extras`` adds
+    calibration and the OOD score to ``serve`` (their statistics are saved beside it);
+    ``finish(folder)`` writes anything else into the folder before it is moved into place."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
@@ -132,12 +157,19 @@ def export_model(model, metadata: dict, out: str | Path, *, overwrite: bool = Fa
     metadata = {**metadata, "name": out.name}
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        _write_saved_model(model, metadata["task"], tmp)
+        _write_saved_model(model, metadata["task"], tmp, extras)
         _write_metadata(tmp, metadata)
+        if extras is not None and extras.ood is not None:
+            extras.ood.save_statistics(tmp)
         _write_keras(tmp, model, keras_file)
+        if finish is not None:
+            finish(tmp)
         if verify:
-            verify_export(tmp, model)
+            verify_export(tmp, model, extras)
         _move_into_place(tmp, out, overwrite)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ChestTFError(f"could not write the export {out} ({exc.strerror or exc}); nothing was changed") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,12 +198,26 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
         old.unlink(missing_ok=True)
 
 
+def export_runs(run_dirs: list[str | Path], out: str | Path | None = None, *, overwrite: bool = False,
+                verify: bool = True, options: ReleaseOptions | None = None,
+                commands: list[str] | None = None) -> Path:
+    """Export one run, or several as a deep ensemble, with calibration, an OOD score, a report and
+    a model card (``chest_tf.serving.release``; ``ReleaseOptions.plain()`` for none of them);
+    returns the export folder."""
+    release = prepare_release(list(run_dirs), options)
+    out = Path(out) if out is not None else DEFAULT_EXPORT_ROOT / default_export_name(release.metadata)
+    metadata = {**release.metadata, "name": out.name}
+
+    def finish(folder: Path) -> None:
+        result = write_release_report(dataclasses.replace(release, metadata=metadata), folder)
+        write_model_card(folder, metadata, REPORT_DIR if result is not None else None,
+                         commands or [f"python -m chest_tf.export {' '.join(map(str, run_dirs))} --out {out}"])
+
+    return export_model(release.model, metadata, out, overwrite=overwrite, keras_file=release.keras_file,
+                        verify=verify, extras=release.extras, finish=finish)
+
+
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False,
-               verify: bool = True) -> Path:
-    """Export a run folder (see the module docstring); returns the export folder."""
-    resolved = resolve_model(run_dir)
-    if resolved.kind != "run":
-        raise ConfigError(f"{run_dir} is not a run dir (config.json + best.keras); export takes a training run")
-    out = Path(out) if out is not None else DEFAULT_EXPORT_ROOT / default_export_name(resolved.metadata)
-    return export_model(resolved.model, resolved.metadata, out, overwrite=overwrite, keras_file=resolved.keras_path,
-                        verify=verify)
+               verify: bool = True, options: ReleaseOptions | None = None) -> Path:
+    """Export one run folder (see ``export_runs``); returns the export folder."""
+    return export_runs([run_dir], out, overwrite=overwrite, verify=verify, options=options)

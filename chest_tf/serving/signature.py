@@ -13,13 +13,17 @@ identity at the model's own size), and normalised as in training
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from chest_tf.data.info import BINARY, MULTI_LABEL
 from chest_tf.data.normalization import normalize
 from chest_tf.errors import ConfigError
+from chest_tf.models.ensemble import ensemble_members, mean_layer
+from chest_tf.serving.ood import OODScorer, features_and_logits_model
 
 ENDPOINT = "serve"
 INPUT_NAME = "images"
@@ -97,22 +101,61 @@ def model_input_spec(model) -> tuple[int, int, int]:
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
-def serve_function(model, task: str) -> Callable:
+@dataclass
+class ServingExtras:
+    """What the serving computation adds to the model: temperatures for calibrated probabilities
+    (``chest_tf.serving.calibration``) and an OOD scorer (``chest_tf.serving.ood``)."""
+
+    temperatures: np.ndarray | None = None
+    ood: OODScorer | None = None
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["ood_score", "in_distribution"] if self.ood is not None else []
+
+
+def serve_function(model, task: str, extras: ServingExtras | None = None) -> Callable:
     """The serving computation for ``model``: uint8 images -> {"logits", "probs"} (plain Python;
-    wrap it with ``tf.function(input_signature=SERVE_SIGNATURE)``)."""
+    wrap it with ``tf.function(input_signature=SERVE_SIGNATURE)``). ``logits`` are the model's;
+    ``probs`` are calibrated when ``extras`` has temperatures. With an OOD scorer it adds
+    ``ood_score`` (N,) and ``in_distribution`` (N,) bool; an ensemble adds ``uncertainty`` (N, K),
+    the standard deviation of its members' probabilities."""
+    extras = extras or ServingExtras()
     height, width, channels = model_input_spec(model)
     num_outputs = int(model.output_shape[-1])
     activation = output_activation(task, num_outputs)
+    average = mean_layer(model)
+    members = ensemble_members(model)
+    with_features = extras.ood is not None and extras.ood.uses_features
+    depths = with_features and extras.ood.method == "mahalanobis"
+    member_models = [features_and_logits_model(m, depths) if with_features else m for m in members]
+    temperatures = None if extras.temperatures is None else tf.constant(extras.temperatures, tf.float32)
 
     def serve(images):
         x = preprocess(images, height, width, channels)
-        logits = tf.cast(model(x, training=False), tf.float32)
-        probs = tf.sigmoid(logits) if activation == "sigmoid" else tf.nn.softmax(logits, axis=-1)
-        return {"logits": logits, "probs": probs}
+        features = None
+        if average is None and not with_features:
+            logits = tf.cast(model(x, training=False), tf.float32)
+        else:
+            outputs = [m(x, training=False) for m in member_models]
+            member_logits = [tf.cast(o[0] if with_features else o, tf.float32) for o in outputs]
+            if with_features:  # every member's features at every depth, member by member
+                features = [tf.cast(f, tf.float32) for o in outputs for f in o[1:]]
+            logits = average(member_logits) if average is not None else member_logits[0]
+        scaled = logits if temperatures is None else logits / temperatures
+        probs = tf.sigmoid(scaled) if activation == "sigmoid" else tf.nn.softmax(scaled, axis=-1)
+        result = {"logits": logits, "probs": probs}
+        if extras.ood is not None:
+            score = extras.ood.tf_scores(logits, features)
+            result["ood_score"] = score
+            result["in_distribution"] = score <= extras.ood.threshold
+        if average is not None:
+            result["uncertainty"] = tf.math.reduce_std(average.member_probabilities(member_logits), axis=0)
+        return result
 
     return serve
 
 
-def serving_tf_function(model, task: str):
+def serving_tf_function(model, task: str, extras: ServingExtras | None = None):
     """``serve_function`` as a tf.function with the exported signature."""
-    return tf.function(serve_function(model, task), input_signature=SERVE_SIGNATURE, autograph=False)
+    return tf.function(serve_function(model, task, extras), input_signature=SERVE_SIGNATURE, autograph=False)

@@ -1,5 +1,6 @@
 """The callbacks of a training run: exact validation, best checkpoint, timing, learning rate,
-TensorBoard previews. ``build_callbacks`` puts them in the order they must run."""
+TensorBoard previews. ``build_callbacks`` puts them in the order they must run; the engine adds the
+backup (``training.backup.RunBackup``) after them all."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,6 @@ from chest_tf.data.pipeline import DatasetHandle
 from chest_tf.evaluation import metrics as metrics_lib
 from chest_tf.explain.callback import ExplanationPanel
 from chest_tf.files import atomic_path, write_json_atomic
-
-BACKUP_DIR = "backup"
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -160,7 +159,6 @@ def build_callbacks(run_dir, classifier, augmenter, handle, config, loss):
     preview = next(iter(handle.batches("val", 8)))[0].numpy()
     callbacks = [
         ExactValidation(handle, loss, train.batch_size),
-        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), save_freq="epoch", delete_checkpoint=True),
         LearningRateLogger(),
         BestModelCheckpoint(classifier, run_dir),
         EpochTimer(run_dir / "timing.json", train.batch_size),

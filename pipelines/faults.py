@@ -334,7 +334,7 @@ def case_training(work: Path) -> list[Row]:
     found = backups(run)
     newest_record = json.loads(found[0][2].read_text())
     flip_byte(run / "backup" / newest_record["weights"])
-    (run / "backup" / f".state-e0009-s000000.{third.pid}.0badc0de.tmp.weights.h5").write_bytes(b"\x89HDF\r\n" + b"\0" * 100)
+    (run / "backup" / f".state-e0009-s000000.{third.pid}.0badc0de.tmp.keras").write_bytes(b"PK\x03\x04" + b"\0" * 100)
     previous = found[1]
 
     fourth = Proc(command, work, "train4")
@@ -485,8 +485,8 @@ def case_diskfull(work: Path) -> list[Row]:
         run = disk / "run"
         command = train_cmd(data, run, "--epochs", 4, "--no-eval")
         proc = Proc(command, work, "train_full")
-        wait_for(lambda: (run / "best.json").exists(), 300, "the first best.keras", proc)
-        filler = fill(disk, leave_bytes=1 << 20)
+        wait_for(lambda: (run / "backup" / "state-e0001-s000000.json").exists(), 300, "the first backup", proc)
+        filler = fill(disk, leave_bytes=1 << 20)  # room for a history row, not for best.keras or a backup
         code = proc.wait(300)
         line, clean = one_line_error(proc)
         temp = [p.name for p in run.rglob("*") if ".tmp" in p.name]

@@ -46,10 +46,11 @@ SMALL = dict(bootstrap=50, steps=4, faithfulness=6, sanity=3, val_images=6, exam
 
 
 def test_bench_runs_on_a_handful_of_images(cnn_run, tmp_path):
-    settings = explain.BenchSettings(**SMALL, label_random=str(cnn_run))   # the model itself: similarity 1
+    methods = ["gradcam", "layercam", "occlusion", "smoothgrad"]
+    # the model itself as the "label-randomised" one: its maps are the same (Spearman 1, fails)
+    settings = explain.BenchSettings(**SMALL, methods=methods, cascade=False, label_random=str(cnn_run))
     result = explain.run_bench(cnn_run, settings, log=lambda line: None)
-    methods = list(result["methods"])
-    assert methods == list(explain.family_methods(keras.saving.load_model(cnn_run / "best.keras")))
+    assert list(result["methods"]) == methods
     masks = phantom.read_masks(result["npz"], "test")
     assert result["n_instances"] == len(bench.instances(masks)) > 0 and result["n_test_images"] == COUNTS["test"]
     for method, r in result["methods"].items():
@@ -57,12 +58,12 @@ def test_bench_runs_on_a_handful_of_images(cnn_run, tmp_path):
             mean, lo, hi = r[key]
             assert 0.0 <= lo <= mean <= hi <= 1.0, (method, key, r[key])
         assert set(r["per_finding"]) <= set(phantom.LOCALISABLE)
-        steps = r["randomisation"]["steps"]
-        assert steps[0]["randomized"] == "predictions" and steps[-1]["randomized"] == "all (full re-initialisation)"
-        assert r["randomisation"]["label_randomisation"]["spearman_mean"] == pytest.approx(1.0, abs=1e-6) or \
-            r["randomisation"]["label_randomisation"]["constant_maps"] > 0
-        assert r["randomisation"]["passes_label_randomisation"] is False or \
-            r["randomisation"]["label_randomisation"]["constant_maps"] == settings.sanity
+        checks = r["randomisation"]
+        assert [step["randomized"] for step in checks["steps"]] == ["all (full re-initialisation)"]
+        label = checks["label_randomisation"]
+        if label["constant_maps"] < settings.sanity:   # an untrained net may give empty Grad-CAMs
+            assert label["spearman_mean"] == pytest.approx(1.0, abs=1e-5) and label["ssim_mean"] == pytest.approx(1.0)
+            assert checks["passes_label_randomisation"] is False and "**fails**" in bench._verdict(checks)
     b = result["baselines"]
     assert b["uniform_image"]["hit_rate"][0] < b["uniform_lungs"]["hit_rate"][0] <= 1.0
     assert 0.0 <= b["prior"]["hit_rate"][0] <= 1.0 and 0.0 < b["random_order"]["deletion_auc"][0] < 1.0

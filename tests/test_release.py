@@ -146,7 +146,7 @@ def test_export_writes_calibration_ood_report_and_card(exported):
     assert meta["calibration"]["method"] == "temperature" and len(meta["calibration"]["temperatures"]) == 1
     assert meta["thresholds"]["chosen_after_calibration"] is True
     assert meta["ood"]["method"] == "mahalanobis" and (exported / meta["ood"]["statistics"]).is_file()
-    assert len(meta["ood"]["feature_dims"]) == 5  # four ResNet stages + the penultimate features
+    assert len(meta["ood"]["feature_dims"]) == 6  # the thumbnail, four ResNet stages, the penultimate features
     sets = meta["ood"]["evaluation"]
     assert {"uniform noise", "inverted", "rotated 90 degrees", "cropped to the central half"} <= set(sets)
     assert all(row["auroc"] is None or 0.0 <= row["auroc"] <= 1.0 for row in sets.values())

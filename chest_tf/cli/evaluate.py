@@ -99,9 +99,13 @@ def resolve_target(args: argparse.Namespace) -> Target:
         target = _run_target(args, resolved)
     else:
         dataset = args.dataset or resolved.metadata["dataset"]
+        npz = args.npz
+        if npz is None and resolved.kind == "export" and dataset == resolved.metadata["dataset"]:
+            exported_from = (resolved.metadata.get("source") or {}).get("data")  # the npz export measured on
+            npz = exported_from if exported_from and Path(exported_from).is_file() else None
         target = Target(
             resolved, dataset=dataset, size=args.size, data_dir=args.data_dir, records_dir=args.records_dir,
-            npz=args.npz,
+            npz=npz,
             out_dir=Path(args.out) if args.out else path.with_name(f"{path.stem}_eval"),
             model_name=resolved.metadata.get("arch") if resolved.kind == "export" else None, batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
             seed=args.seed or 0, history_csv=Path(args.history) if args.history else None,
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
           f"val {handle.num_examples('val')}, test {handle.num_examples('test')} images")
     result = evaluate_model(
         model, handle, target.out_dir, model_name=name, batch_size=target.batch_size, seed=target.seed,
+        temperatures=target.resolved.extras.temperatures if target.resolved.kind == "export" else None,
         n_bootstrap=args.bootstrap, threshold_method=args.threshold, target=threshold_target,
         history_csv=target.history_csv,
         run_info={**target.run_info, "evaluated_by": "python -m chest_tf.evaluate", "data": str(handle.npz_path)},

@@ -86,13 +86,17 @@ def evaluate_model(
     target: float = 0.9,
     history_csv: str | Path | None = None,
     run_info: dict | None = None,
+    temperatures: np.ndarray | None = None,
 ) -> dict:
-    """Predict val and test, then write the report folder (see ``chest_tf.report``); returns the
-    ``chest_tf.evaluation.metrics.evaluate_splits`` result. Thresholds are chosen on val only."""
+    """Predict val and test, then write the report folder (see ``chest_tf.evaluation.report``);
+    returns the ``chest_tf.evaluation.metrics.evaluate_splits`` result. Thresholds are chosen on
+    val only. ``temperatures`` (an export's calibration) divide the logits first, so an export is
+    evaluated on the probabilities it serves."""
     check_model_matches(model, handle.info, handle.size, model_name)
     task = handle.info.task
+    scale = 1.0 if temperatures is None else np.asarray(temperatures, np.float32)
     scores = {
-        split: metrics_lib.scores_from_logits(predict_split(model, handle, split, batch_size), task)
+        split: metrics_lib.scores_from_logits(predict_split(model, handle, split, batch_size) / scale, task)
         for split in ("val", "test")
     }
     history = Path(history_csv) if history_csv is not None and Path(history_csv).exists() else None

@@ -227,8 +227,9 @@ def run_bench(run_dir, settings: BenchSettings | None = None, log: Callable[[str
                      "hit_rate": float(score_masks(fixed_maps, test.masks.masks(fixed_rows), tolerance)["hit"].mean())}
         sanity_images = test.images[test.masks.index[sanity_rows, 0]]
         sanity_targets = test.masks.index[sanity_rows, 1]
-        position = {int(r): j for j, r in enumerate(rows)}
-        sanity_reference = maps[[position[int(r)] for r in sanity_rows]]
+        # computed afresh (not taken from ``maps``), so that SmoothGrad's noise is drawn alike for the
+        # trained and the randomised models
+        sanity_reference = explainer.heatmaps(sanity_images, sanity_targets, batch_size=settings.batch_size)
         checks = sanity_check(model, sanity_images, sanity_targets, method, seed=settings.seed,
                               cascade=settings.cascade, options=settings.options.get(method, {}),
                               reference=sanity_reference, batch_size=settings.batch_size)

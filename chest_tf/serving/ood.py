@@ -5,14 +5,16 @@ Three scores, all higher for stranger inputs:
 - ``mahalanobis`` (default): Mahalanobis distances of the image's features from the training
   split's feature distribution at several depths: the global-average-pooled output of each CNN
   stage (the last layer at each spatial resolution) or the token mean after each ViT block, plus
-  the penultimate features (the input of the ``predictions`` layer). One Gaussian per depth (mean
+  the penultimate features (the input of the ``predictions`` layer), and the input image itself
+  average-pooled to a 7 x 7 thumbnail. One Gaussian per depth (mean
   and Ledoit-Wolf shrunk covariance, fitted on training images at export time); the score is the
   sum over depths of the squared distance divided by the feature dimension. This is Lee et al.'s
   feature ensemble (NeurIPS 2018) without its OOD-tuned weights and class-conditional means (we
   tune nothing on OOD data, and multi-label outputs have no single class). The early layers see
   what the penultimate one discards: on a width-16 phantom ResNet-18 the penultimate distance
   alone gave AUROC 0.955 for smooth random textures and 0.969 for PneumoniaMNIST, all depths
-  together 1.000 and 0.995.
+  together 1.000 and 0.995; the thumbnail lifted a PneumoniaMNIST ResNet's textures AUROC from 0.988
+  to 0.995.
 - ``mahalanobis-penultimate``: the same on the penultimate features only.
 - ``energy``: the negative free energy of the logits, no fitting needed (Liu et al., NeurIPS 2020;
   for sigmoid outputs the sum over labels of ``-log(1 + exp(z))``, Wang et al.'s JointEnergy).
@@ -41,11 +43,13 @@ FEATURE_METHODS = ("mahalanobis", "mahalanobis-penultimate")
 DEFAULT_PERCENTILE = 99.0
 STATS_PATH = Path("assets") / "ood_stats.npz"
 FEATURE_LAYER = "predictions"
+THUMBNAIL = 7  # the input pooled to 7 x 7: pixel statistics no trained layer needs to keep
 
 
 def _depth_taps(model: keras.Model) -> list:
-    """Pooled (B, D) features at each depth: the last layer at each spatial resolution of a CNN
-    (global average pooled), the end of each transformer block of a ViT (mean over tokens)."""
+    """Pooled (B, D) features at each depth: the input itself as a 7x7 thumbnail, the last layer at
+    each spatial resolution of a CNN (global average pooled), the end of each transformer block of
+    a ViT (mean over tokens)."""
     last_at_resolution, block_ends = {}, []
     for layer in model.layers:
         output = layer.output
@@ -55,8 +59,10 @@ def _depth_taps(model: keras.Model) -> list:
             last_at_resolution[tuple(output.shape[1:3])] = output
         elif len(output.shape) == 3 and layer.name.endswith("_add2"):  # models.vit: a block's last residual add
             block_ends.append(output)
+    image = model.inputs[0]
+    thumbnail = keras.layers.Flatten()(keras.layers.AveragePooling2D(max(1, image.shape[1] // THUMBNAIL))(image))
     taps = [keras.ops.mean(t, axis=(1, 2)) for t in last_at_resolution.values()]
-    return taps + [keras.ops.mean(t, axis=1) for t in block_ends]
+    return [thumbnail, *taps] + [keras.ops.mean(t, axis=1) for t in block_ends]
 
 
 def features_and_logits_model(model: keras.Model, depths: bool = True) -> keras.Model:

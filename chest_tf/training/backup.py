@@ -4,12 +4,16 @@
 mid-write leaves a file h5py cannot open, and the run cannot resume) and resumes only at epoch
 boundaries. Here each backup is a pair::
 
-    backup/state-e0003-s000000.weights.h5   the training model's variables and the optimizer's
-                                            (Keras save_weights)
-    backup/state-e0003-s000000.json         the record: epochs done (3), steps done in the next epoch
-                                            (0), the weights file's size and SHA-256, and the seed
-                                            generators' states (augmentation, mixup), which
-                                            save_weights leaves out
+    backup/state-e0003-s000000.keras   the training model with its optimizer state (model.save; read
+                                       back with model.load_weights)
+    backup/state-e0003-s000000.json    the record: epochs done (3), steps done in the next epoch (0),
+                                       the .keras file's size and SHA-256, and the seed generators'
+                                       states (augmentation, mixup), which Keras does not save
+
+The .keras format, not ``save_weights``' .weights.h5: Keras builds a .keras file's HDF5 part in
+memory and Python writes the zip, so a full disk is a plain OSError; HDF5 writing a file itself
+leaves the file open inside the library after ENOSPC, and the process then crashes (SIGSEGV) when
+it exits.
 
 The weights go to a temporary name, are flushed to disk and renamed; the record is written the same
 way, after them. A record therefore always names complete weights, and a crash, a full disk or a
@@ -46,7 +50,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from chest_tf.errors import ChestTFError, Interrupted
+from chest_tf.errors import ChestTFError, Interrupted, error_line
 
 BACKUP_DIR = "backup"
 KEEP = 2  # backups kept: the newest and the one before it
@@ -115,6 +119,11 @@ class SignalCatcher:
         self._previous.clear()
 
 
+def describe_state(epoch: int, step: int) -> str:
+    """Where a backup stands, in words: "end of epoch 2", "epoch 3, step 17"."""
+    return f"epoch {epoch + 1}, step {step}" if step else f"end of epoch {epoch}"
+
+
 def interrupted(signum: int, backup_dir: Path, epoch: int, step: int, epochs: int, steps: int) -> Interrupted:
     """The error a run stopped by ``signum`` ends with, saying where it stopped."""
     name = signal.Signals(signum).name
@@ -180,11 +189,11 @@ class RunBackup(keras.callbacks.Callback):
         """Write the backup for ``epoch`` epochs and ``step`` steps done; return its record."""
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"state-e{epoch:04d}-s{step:06d}"
-        weights = self.dir / f"{name}.weights.h5"
+        weights = self.dir / f"{name}.keras"
         token = f"{os.getpid()}.{secrets.token_hex(4)}"
-        temp = self.dir / f".{name}.{token}.tmp.weights.h5"
+        temp = self.dir / f".{name}.{token}.tmp.keras"
         try:
-            self.model.save_weights(str(temp))
+            self.model.save(str(temp))
             size, digest = temp.stat().st_size, _sha256(temp)
             _fsync(temp)
             os.replace(temp, weights)
@@ -248,8 +257,7 @@ class RunBackup(keras.callbacks.Callback):
             if problem is None:
                 if problems:
                     warnings.warn(f"backup {'; '.join(problems)}: resuming from the one before, "
-                                  f"{path.name[:-len('.json')]} (epoch {epoch}{f', step {step}' if step else ''})",
-                                  stacklevel=2)
+                                  f"{path.name[:-len('.json')]} ({describe_state(epoch, step)})", stacklevel=2)
                 for stem in damaged:  # unusable: never try them again
                     for leftover in self.dir.glob(f"{stem}.*"):
                         with contextlib.suppress(OSError):
@@ -281,8 +289,8 @@ class RunBackup(keras.callbacks.Callback):
                 for variable, value in zip(seeds, saved):
                     if tuple(variable.shape) == np.shape(value):
                         variable.assign(np.asarray(value, dtype=variable.dtype))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 -- whatever stops it loading makes it unusable; say what
+            return error_line(exc)
         return None
 
     def clear(self) -> None:

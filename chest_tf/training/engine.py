@@ -50,7 +50,7 @@ from chest_tf.locks import RUN_LOCK, FileLock
 from chest_tf.models.registry import build_model
 from chest_tf.runs import FINISHED_MARKER, load_keras_model, saved_config_differences
 from chest_tf.training import fused_batchnorm
-from chest_tf.training.backup import BACKUP_DIR, RunBackup, SignalCatcher, interrupted
+from chest_tf.training.backup import BACKUP_DIR, RunBackup, SignalCatcher, describe_state, interrupted
 from chest_tf.training.callbacks import build_callbacks, training_auc_metric
 from chest_tf.training.optimizer import build_optimizer
 from chest_tf.training.runtime import Runtime, distribution_strategy, resolve_runtime
@@ -230,7 +230,7 @@ def _write_failure_message(run_dir: Path, problem: str, exc: BaseException) -> s
     backups = RunBackup(run_dir / BACKUP_DIR, 1, 1).records()
     if backups:
         epoch, step, _ = backups[0]
-        kept.append(f"the backup after epoch {epoch}" + (f" step {step}" if step else ""))
+        kept.append(f"the last backup ({describe_state(epoch, step)})")
     with contextlib.suppress(OSError, ValueError, KeyError):
         kept.append(f"best.keras (epoch {json.loads((run_dir / 'best.json').read_text())['epoch']})")
     fix = "free some space" if problem.startswith("no space") else "make it writable"

@@ -3,19 +3,29 @@
     python -m chest_tf.export runs/chestmnist_224/resnet18_s0                 # -> saved_models/resnet18_chestmnist_224
     python -m chest_tf.export RUN_DIR --out saved_models/chest_v2 [--overwrite] [--no-verify]
 
-The export folder is a SavedModel (Keras 3 ``ExportArchive``) plus two files:
+The export folder is a SavedModel (Keras 3 ``ExportArchive``) plus::
 
     saved_model.pb  variables/  fingerprint.pb
     assets/metadata.json   labels, task, input size and channels, normalisation, thresholds chosen
-                           on validation, val/test metrics, source run, versions (plain JSON)
-    model.keras            the classifier as trained (``best.keras``), for fine-tuning
+                           on validation (after calibration), calibration, OOD threshold and its
+                           measured AUROCs, val/test metrics, source run(s), versions (plain JSON)
+    assets/ood_stats.npz   feature means and precision matrices of the Mahalanobis OOD score
+    model.keras            the classifier as trained (``best.keras``; an ensemble: all members)
+    report/                report.md, metrics.json, predictions.npz and figures of the served
+                           (calibrated) model on val and test, the reliability diagram before
+    MODEL_CARD.md          intended use, data, metrics with CIs, calibration, OOD, limitations
+
+What export fits and measures before writing (calibration, OOD score, ensembles):
+``chest_tf.serving.release``.
 
 Serving signature ``serve`` (also ``serving_default``), the only one::
 
     inputs  images: uint8, shape unknown-rank: [N, H, W] or [N, H, W, C] with C in {1, 3, 4},
             any H and W (one size per call)
     outputs logits: float32 [N, K]; probs: float32 [N, K] (sigmoid for multi-label and one-logit
-            binary models, softmax for multi-class)
+            binary models, softmax for multi-class; of logits / temperature when calibrated);
+            ood_score float32 [N] and in_distribution bool [N] when the export has an OOD
+            score; uncertainty float32 [N, K] for an ensemble
 
 The rank is left open so that a batch of grayscale arrays ``[N, H, W]`` (what TF Serving's REST
 API makes of ``{"instances": [[[...]]]}`` for 2-D images) and of channel-last images both work;

@@ -800,7 +800,7 @@ CASES: dict[str, tuple[Callable[[Path], list[Row]], bool]] = {  # name -> (case,
 }
 
 
-def run_case(name: str, work: Path) -> list[Row]:
+def case_rows(name: str, work: Path) -> list[Row]:
     """One case's rows; a case that cannot run here is one skipped row, one that broke a failed row."""
     case, _ = CASES[name]
     folder = work / name
@@ -836,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             started = time.monotonic()
-            rows = run_case(name, work)
+            rows = case_rows(name, work)
             seconds = time.monotonic() - started
             for row in rows:
                 results.append((name, row, seconds))

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,8 +83,6 @@ def test_waiting_for_the_holder(tmp_path):
     def release_soon():
         time.sleep(0.5)
         child.stdin.close()
-
-    import threading
 
     threading.Thread(target=release_soon, daemon=True).start()
     lock = FileLock(path, "the thing")

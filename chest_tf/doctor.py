@@ -1,0 +1,5 @@
+"""``python -m chest_tf.doctor``: the command is ``chest_tf.cli.doctor`` (this file only starts it)."""
+from chest_tf.console import launch
+
+if __name__ == "__main__":
+    raise SystemExit(launch("chest_tf.cli.doctor"))

@@ -1,0 +1,277 @@
+"""The review page in Gradio, and the local server around it (``python -m chest_tf.app``).
+
+The page (``build_page``) over a ``session.Reviewer``:
+
+- a "research use only, not for clinical use" banner, always visible;
+- Review tab: drop one or many PNG, JPEG or DICOM files; a summary of every file (calls, OOD flag,
+  warnings, and the one-line error of a file that could not be read or was refused); for the
+  chosen image, the original beside a heatmap overlay for a chosen finding and method; per finding
+  a probability bar with its validation threshold marked, and the call; the input-check warnings
+  and the OOD flag; the results as CSV or JSON (``predict``'s formats);
+- Model tab: the metrics with 95% CIs, the operating points, calibration and the OOD evaluation,
+  the report's figures (ROC, operating points, calibration) and the model card.
+
+The server (``serve``) binds to 127.0.0.1 unless told otherwise, refuses uploads over
+``max_file_bytes`` (Gradio) and images over ``max_pixels`` (``imageio``), reads only files that
+Gradio wrote into the upload folder (a fresh temporary folder, removed when the app stops, on
+Ctrl-C or SIGTERM), and keeps serving whatever an upload holds: errors are shown in the page, and
+an unexpected one is printed as one line, never a traceback. Gradio's analytics and update check
+are off (nothing leaves the machine) and the page needs no CDN.
+
+Gradio is the optional extra ``.[app]``; it is imported only here, inside the functions that
+need it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+import numpy as np
+from PIL import Image
+
+from chest_tf import imageio
+from chest_tf.errors import ChestTFError, ConfigError, error_line
+from chest_tf.review.session import MOST_PROBABLE, Review, Reviewer, findings_html, summary_html
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_FILE_MB = 64
+IMAGE_HEIGHT = 420  # px on the page (the full image in fullscreen)
+FIGURE_HEIGHT = 460
+BANNER = ("<b>Research use only. Not for clinical use.</b> This model has not been validated for diagnosis, "
+          "triage or any decision about a patient. Its calls are at thresholds chosen on validation data; "
+          "heatmaps show where the model looks, not what is there.")
+CSS = """
+#ctf-banner {background: #fff3cd; color: #5c4400; border: 2px solid #d39e00; border-radius: 6px;
+             padding: 8px 12px; font-size: 15px;}
+.ctf-findings {border-collapse: collapse; width: 100%; font-size: 14px;}
+.ctf-findings td, .ctf-findings th {padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd;}
+.ctf-barcell {width: 45%;}
+.ctf-bar {position: relative; display: block; height: 14px; background: #e9ecef; border-radius: 3px;}
+.ctf-fill {position: absolute; left: 0; top: 0; bottom: 0; background: #6c8ebf; border-radius: 3px;}
+.ctf-positive .ctf-fill {background: #d9534f;}
+.ctf-positive td:last-child, .ctf-predicted td:last-child {font-weight: bold; color: #b52b27;}
+.ctf-thr {position: absolute; top: -3px; bottom: -3px; width: 2px; background: #222;}
+.ctf-out {color: #b52b27;} .ctf-in {color: #2d6a2d;} .ctf-none {color: #666;}
+.ctf-error {color: #b52b27;} .ctf-warning {color: #8a5a00;}
+.ctf-note {color: #666; font-size: 12px;}
+.ctf-files {border-collapse: collapse; font-size: 13px;} .ctf-files td, .ctf-files th {padding: 1px 8px;}
+"""
+
+
+def require_gradio():
+    """The gradio module, or a one-line error saying how to install it."""
+    try:
+        import gradio  # noqa: PLC0415 (optional extra)
+    except ImportError:
+        raise ConfigError("the review app needs Gradio: pip install 'chest_tf[app]' (or pip install gradio)") from None
+    return gradio
+
+
+def _quiet_gradio_environment(upload_dir: Path) -> None:
+    """Set before Gradio is imported: uploads into ``upload_dir``, no analytics, no SSR (no Node)."""
+    os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("GRADIO_SSR_MODE", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _report_problem(what: str, exc: BaseException) -> str:
+    """One line on the server's stderr and the same line for the page (no traceback anywhere)."""
+    line = f"{what}: {error_line(exc)}"
+    print(f"app error: {line}", file=sys.stderr, flush=True)
+    return line
+
+
+def _figure(path: Path) -> np.ndarray | None:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError):
+        return None
+
+
+def build_page(reviewer: Reviewer, downloads_dir: Path):
+    """The Gradio Blocks of the review page (see the module docstring)."""
+    gr = require_gradio()
+    meta = reviewer.metadata
+    findings = [MOST_PROBABLE, *reviewer.findings]
+    methods = list(reviewer.methods)
+
+    def blank_outputs(summary: str = ""):
+        return ([], summary, gr.update(choices=[], value=None), None, None, "", findings_html(None, meta),
+                gr.update(value=None, interactive=False), gr.update(value=None, interactive=False))
+
+    def on_upload(files, finding, method):
+        paths = [getattr(f, "name", f) for f in (files or [])]
+        if not paths:
+            return blank_outputs()
+        try:
+            reviews = reviewer.review(paths)
+            choices = [(f"{i + 1}. {r.name}", i) for i, r in enumerate(reviews)]
+            first = next((i for i, r in enumerate(reviews) if r.prediction is not None), 0)
+            view = reviewer.view(reviews[first], finding, method)
+            csv_path, json_path = reviewer.downloads(reviews, downloads_dir / uuid.uuid4().hex)
+            return (reviews, summary_html(reviews, meta), gr.update(choices=choices, value=first), view.original,
+                    view.overlay, view.caption, findings_html(reviews[first], meta),
+                    gr.update(value=str(csv_path), interactive=True), gr.update(value=str(json_path), interactive=True))
+        except Exception as exc:  # noqa: BLE001 (the page shows it; the server keeps serving)
+            line = _report_problem("reviewing the upload failed", exc)
+            return blank_outputs(f'<p class="ctf-error" id="ctf-errors">{line}</p>')
+
+    def on_view(reviews: list[Review], index, finding, method):
+        if not reviews:
+            return None, None, "", findings_html(None, meta)
+        try:
+            review = reviews[int(index) if index is not None else 0]
+            view = reviewer.view(review, finding, method)
+            return view.original, view.overlay, view.caption, findings_html(review, meta)
+        except Exception as exc:  # noqa: BLE001
+            line = _report_problem("drawing the heatmap failed", exc)
+            return None, None, line, findings_html(None, meta)
+
+    with gr.Blocks(title="chest_tf review", analytics_enabled=False) as page:
+        gr.HTML(BANNER, elem_id="ctf-banner", js_on_load=None)
+        gr.Markdown(f"**chest_tf review** - {reviewer.describe()}", elem_id="ctf-model-line")
+        reviews_state = gr.State([])
+        with gr.Tabs():
+            with gr.Tab("Review", id="review"):
+                upload = gr.File(file_count="multiple", file_types=list(imageio.IMAGE_EXTENSIONS),
+                                 label="Radiographs: drop PNG, JPEG or DICOM files here (several at once)",
+                                 elem_id="ctf-upload", height=140)
+                summary = gr.HTML("", elem_id="ctf-summary", js_on_load=None)
+                with gr.Row():
+                    choice = gr.Dropdown(choices=[], value=None, label="image", elem_id="ctf-image-choice",
+                                         interactive=True)
+                    finding = gr.Dropdown(choices=findings, value=MOST_PROBABLE, label="finding to explain",
+                                          elem_id="ctf-finding")
+                    method = gr.Dropdown(choices=methods, value=reviewer.default_method, label="heatmap method",
+                                         elem_id="ctf-method", interactive=bool(methods))
+                with gr.Row(equal_height=True):
+                    original = gr.Image(label="original", format="png", interactive=False, elem_id="ctf-original",
+                                        buttons=["fullscreen"], height=IMAGE_HEIGHT)
+                    overlay = gr.Image(label="heatmap overlay", format="png", interactive=False,
+                                       elem_id="ctf-overlay", buttons=["fullscreen"], height=IMAGE_HEIGHT)
+                caption = gr.Markdown("", elem_id="ctf-caption")
+                result = gr.HTML(findings_html(None, meta), elem_id="ctf-result", js_on_load=None)
+                with gr.Row():
+                    csv_button = gr.DownloadButton("Download results (CSV)", interactive=False, elem_id="ctf-csv",
+                                                   size="md")
+                    json_button = gr.DownloadButton("Download results (JSON)", interactive=False,
+                                                    elem_id="ctf-json", size="md")
+            with gr.Tab("Model", id="model"):
+                gr.Markdown(reviewer.model_summary(), elem_id="ctf-model-summary")
+                figures = reviewer.figures()
+                for first in range(0, len(figures), 2):
+                    with gr.Row():
+                        for path, label in figures[first:first + 2]:
+                            gr.Image(_figure(path), label=label, format="png", interactive=False,
+                                     buttons=["fullscreen"], height=FIGURE_HEIGHT)
+                if not figures:
+                    gr.Markdown("No report figures: a run's `eval/` (python -m chest_tf.evaluate) or an export's "
+                                "`report/` (python -m chest_tf.export) holds them.")
+                card = reviewer.model_card()
+                with gr.Accordion("Model card (MODEL_CARD.md)", open=card is not None):
+                    gr.Markdown(card or "No model card: export the run (python -m chest_tf.export) to write one.",
+                                elem_id="ctf-model-card")
+
+        outputs = [reviews_state, summary, choice, original, overlay, caption, result, csv_button, json_button]
+        upload.change(on_upload, [upload, finding, method], outputs, show_progress="minimal")
+        view_outputs = [original, overlay, caption, result]
+        for control in (choice, finding, method):
+            control.input(on_view, [reviews_state, choice, finding, method], view_outputs, show_progress="minimal")
+    return page
+
+
+def warm_up(reviewer: Reviewer) -> None:
+    """Trace the model's serving and heatmap functions once, so the first upload is not the one
+    that pays for it."""
+    rng = np.random.default_rng(0)
+    folder = reviewer.upload_dir / "warm-up"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "warm-up.png"
+    size = max(64, 2 * int(reviewer.metadata["input"]["height"]))
+    gradient = np.linspace(40, 200, size, dtype=np.float32)[None, :] + rng.normal(0, 20, (size, size))
+    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(path)
+    try:
+        reviews = reviewer.review([path])
+        if reviews[0].prediction is not None:
+            reviewer.view(reviews[0])
+    except Exception as exc:  # noqa: BLE001 (warming up is an optimisation: the first upload will say)
+        print(f"warning: warming the model up failed: {error_line(exc)}", file=sys.stderr)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Stop:
+    """SIGINT / SIGTERM set an event the main thread waits on (then the server closes cleanly)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signum = signum
+        self.event.set()
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def serve(model_path: str | Path, *, dataset: str | None = None, host: str = DEFAULT_HOST, port: int | None = None,
+          max_pixels: int = imageio.DEFAULT_MAX_PIXELS, max_file_bytes: int = DEFAULT_MAX_FILE_MB * 2**20,
+          policy=None, out=None, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
+    """Serve the review page for ``model_path`` until Ctrl-C or SIGTERM (or ``stop`` is set); the
+    upload folder is removed when it returns. Prints the page's address on ``out`` (stdout)."""
+    out = out if out is not None else sys.stdout
+    upload_dir = Path(tempfile.mkdtemp(prefix="chest_tf_app_")).resolve()
+    try:
+        _quiet_gradio_environment(upload_dir)
+        gr = require_gradio()
+        reviewer = Reviewer(model_path, dataset, upload_dir=upload_dir, max_pixels=max_pixels,
+                            **({"policy": policy} if policy is not None else {}))
+        warm_up(reviewer)
+        page = build_page(reviewer, upload_dir / "downloads")
+        try:
+            _, url, _ = page.launch(server_name=host, server_port=port, share=False, quiet=True,
+                                    prevent_thread_lock=True, inbrowser=False, show_error=False,
+                                    max_file_size=max_file_bytes, ssr_mode=False, mcp_server=False,
+                                    enable_monitoring=False, pwa=False, theme=gr.themes.Default(), css=CSS,
+                                    footer_links=[])
+        except OSError as exc:
+            raise ChestTFError(f"cannot start the server on {host}:{port or 'a free port'}: {error_line(exc)}") from None
+        try:
+            where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{page.server_port}/"
+            print(f"review app for {reviewer.resolved.path} on {where} (uploads in {upload_dir}; research use only, "
+                  f"not for clinical use); Ctrl-C stops it", file=out, flush=True)
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"warning: listening on {host}: anyone who can reach this machine can use the app",
+                      file=sys.stderr)
+            if ready is not None:
+                ready.set()
+            stopper = _Stop()
+            with stopper.installed() if threading.current_thread() is threading.main_thread() \
+                    else contextlib.nullcontext():
+                while not stopper.event.wait(0.25):
+                    if stop is not None and stop.is_set():
+                        break
+            print("stopping the review app", file=out, flush=True)
+        finally:
+            with contextlib.suppress(Exception):
+                page.close(verbose=False)
+        return 0
+    finally:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+

@@ -1,6 +1,12 @@
 """Do the heatmaps point at the findings? The pointing game and the randomisation check of
 ``chest_tf.explain`` on phantom run folders (issue 7), as a table anyone can repeat.
 
+This is the version-1 check, on the finding boxes of ``--dataset phantom`` (kept so its numbers
+can be reproduced). The localisation benchmark of issue 14 -- phantom version 2 with per-pixel
+masks and broad placement, every method, energy, IoU, deletion/insertion, bootstrap intervals,
+the image-blind prior and both randomisation checks -- is ``python -m chest_tf.explain bench
+RUN_DIR`` (all of it in one command: ``python pipelines/localisation.py``).
+
     python pipelines/pointing_game.py RUN_DIR [RUN_DIR ...] [--sanity 64] [--per-finding] [--json out.json]
     python pipelines/pointing_game.py --train-reference runs/xai        # train the reference models first
 

@@ -48,7 +48,8 @@ def test_saved_state_restores_weights_optimizer_and_seeds_and_keeps_two(tmp_path
     model = trained(backup, epochs=3)
     assert [(e, s) for e, s, _ in backup.records()] == [(3, 0), (2, 0)]  # the two newest
     assert sorted(p.name for p in backup.dir.iterdir()) == [
-        "state-e0002-s000000.json", "state-e0002-s000000.keras", "state-e0003-s000000.json", "state-e0003-s000000.keras"]
+        "state-e0002-s000000.json", "state-e0002-s000000.keras",
+        "state-e0003-s000000.json", "state-e0003-s000000.keras"]
     fresh = tiny_model(seed=1)
     state = RunBackup(tmp_path / "backup", STEPS, 3).restore(fresh)
     assert (state.epoch, state.step) == (3, 0)

@@ -78,7 +78,8 @@ def test_prepared_once_and_a_changed_file_needs_force(tiny_npz, tmp_path, capsys
     assert again.info.splits["train"].num_examples == 30
     assert "rebuilding records" in capsys.readouterr().err
     # the old records were swapped out and removed; no temporary folder is left
-    assert sorted(p.name for p in (records / "chest_tf_medmnist" / "chestmnist_28").iterdir()) == [".prepare.lock", "1.0.0"]
+    config_dir = records / "chest_tf_medmnist" / "chestmnist_28"
+    assert sorted(p.name for p in config_dir.iterdir()) == [".prepare.lock", "1.0.0"]
 
 
 @pytest.mark.parametrize(

@@ -444,6 +444,8 @@ def test_tensorboard_panel_during_fit(trained_resnet):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [28, 64])
 def test_every_method_returns_maps_of_the_input_size(size, tiny_vit):
+    """Every method on a tiny CNN and a tiny ViT at 28 px; at 64 px, one of each kind (the coarsest
+    native maps: a 2x2 last stage, 4x4 patches)."""
     keras.utils.set_random_seed(6)
     cnn = build_model("resnet18", (size, size, 1), 3, width=4)
     vit = tiny_vit if size == SIZE else build_model("vit_tiny", (size, size, 1), 3, dim=16, depth=2, heads=2,
@@ -452,6 +454,8 @@ def test_every_method_returns_maps_of_the_input_size(size, tiny_vit):
     for model in (cnn, vit):
         methods = explain.family_methods(model)
         assert set(methods) | set(explain.VIT_METHODS if model is cnn else explain.CNN_METHODS) == set(explain.METHODS)
+        if size != SIZE:
+            methods = [m for m in methods if m in ("gradcam", "layercam", "grad-rollout", "occlusion", "smoothgrad")]
         for method in methods:
             maps = explain.explain(model, images, [0, 1, 2], method, steps=4, samples=3)
             assert maps.shape == (3, size, size) and maps.dtype == np.float32, method

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +14,8 @@ import pytest
 
 from chest_tf.config import RunConfig, load_toml
 from chest_tf.errors import ChestTFError
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_ARGS = ["--model-arg", "depth=1", "--model-arg", "dim=32", "--model-arg", "heads=2",
              "--epochs", "1", "--batch-size", "64", "--steps-per-epoch", "2", "--verbose", "0"]
@@ -90,3 +96,31 @@ def test_two_trials_write_best_toml_and_resume(phantom_dir, tmp_path, capsys):
     again = capsys.readouterr().out
     assert "running" not in again and "resuming" not in again
     assert {d: (Path(d) / "finished.json").stat().st_mtime_ns for d in finished} == finished
+
+
+@pytest.mark.slow
+def test_distributed_chief_and_two_workers_share_the_trials(phantom_dir, tmp_path):
+    """keras-tuner's distributed mode on 127.0.0.1: the chief serves the oracle, each worker trains
+    trials it is given (each trial once), and the chief writes the results when all are done."""
+    pytest.importorskip("keras_tuner")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "tune"
+    args = [sys.executable, "-m", "chest_tf.tune", "--arch", "vit_tiny", "--dataset", "phantom", "--data-dir",
+            str(phantom_dir), "--trials", "2", "--oracle", "random", "--out", str(out), "--no-default",
+            "--explain-every", "0", *TINY_ARGS, "--oracle-address", f"127.0.0.1:{port}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    procs = {role: subprocess.Popen([*args, "--tuner-id", role], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+             for role in ("chief", "worker0", "worker1")}
+    outputs = {role: proc.communicate(timeout=900)[0] for role, proc in procs.items()}
+    assert all(proc.returncode == 0 for proc in procs.values()), outputs
+    trained = {role: re.findall(r"^running (trial_\S+) ->", text, re.M) for role, text in outputs.items()}
+    assert trained["chief"] == []  # the chief only serves
+    assert sorted(trained["worker0"] + trained["worker1"]) == ["trial_0", "trial_1"]  # each trial once
+    assert "no trials left; the chief writes the results" in outputs["worker0"]
+    with open(out / "trials.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert sorted(r["trial"] for r in rows) == ["0", "1"] and all(r["status"] == "COMPLETED" for r in rows)
+    assert (out / "best.toml").exists() and "best trial" in outputs["chief"]

@@ -137,16 +137,16 @@ def prior_main(argv: list[str]) -> int:
         prog="python -m chest_tf.explain prior",
         description="The image-blind location prior's pointing-game hit rate per finding (fitted on train masks) "
                     "next to a uniformly random point, on a phantom version-2 test split.")
-    parser.add_argument("dataset", help="phantom2, phantom2_hard or phantom2_shortcut")
+    parser.add_argument("dataset", help="phantom2, phantom2_hard, phantom2_shortcut, or phantom (version 1: its boxes)")
     parser.add_argument("--size", type=int, default=28, choices=SIZES)
     parser.add_argument("--data-dir", help="where the npz is (generated there when missing)")
     parser.add_argument("--tolerance", type=float, help="pointing-game tolerance in px (default 15 px at 224, scaled)")
     args = parser.parse_args(argv)
     info = get_info(args.dataset)
-    if not info.name.startswith("phantom2"):
-        raise ConfigError(f"{info.name} has no masks; use a phantom version-2 set (phantom2, ...)")
+    if not info.generated:
+        raise ConfigError(f"{info.name} has no finding locations; use a phantom set (phantom2, ..., or phantom: boxes)")
     path = download.npz_path(info, args.size, args.data_dir)
-    if not path.is_file() or not phantom.masks_path(path).is_file():
+    if not path.is_file() or (info.name != "phantom" and not phantom.masks_path(path).is_file()):
         print(f"generating {info.name} at {args.size} px into {path}", file=sys.stderr)
         phantom.write_phantom(path, size=args.size)
     print(format_prior_table(prior_table(path, args.tolerance)))

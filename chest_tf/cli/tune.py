@@ -26,7 +26,18 @@ Output (``--out``, default ``runs/tune/<dataset>_<size>_<arch>``)::
     hparams/             TensorBoard HParams experiment: ``tensorboard --logdir <out>``
 
 Rerunning the same command resumes: finished trials are kept, an interrupted trial resumes from its
-last epoch, and a larger ``--trials`` extends the search.
+last backup, and a larger ``--trials`` extends the search. SIGTERM or Ctrl-C stops the search after
+saving the running trial's state (exit status 143 / 130).
+
+Distributed (keras-tuner's own mode; the same command on every machine, all sharing ``--out``)::
+
+    python -m chest_tf.tune --arch resnet18 ... --out /shared/tune --tuner-id chief   --oracle-address 10.0.0.1:8000
+    python -m chest_tf.tune --arch resnet18 ... --out /shared/tune --tuner-id worker0 --oracle-address 10.0.0.1:8000
+    python -m chest_tf.tune --arch resnet18 ... --out /shared/tune --tuner-id worker1 --oracle-address 10.0.0.1:8000
+
+The chief serves the oracle (it trains nothing) and, once every trial is done, writes trials.md,
+best.toml and the test numbers; workers train the trials. keras-tuner's environment variables
+(KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) work too.
 """
 from __future__ import annotations
 
@@ -35,7 +46,14 @@ import argparse
 from chest_tf.augment import PRESETS
 from chest_tf.config import add_config_arguments, settings_from_arguments
 from chest_tf.data.info import CATALOGUE
-from chest_tf.experiments.tuning import TRIAL_EPOCHS, base_config, import_keras_tuner, run_search
+from chest_tf.errors import ChestTFError
+from chest_tf.experiments.tuning import (
+    TRIAL_EPOCHS,
+    base_config,
+    import_keras_tuner,
+    run_search,
+    set_distributed,
+)
 from chest_tf.models.registry import arch_choices
 
 
@@ -58,15 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-default", action="store_true", help="do not train the default config for comparison")
     search.add_argument("--overwrite", action="store_true", help="delete --out first")
     search.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="Keras fit verbosity (default 2)")
+    dist = p.add_argument_group("distributed (keras-tuner's chief and workers; see the module docs)")
+    dist.add_argument("--tuner-id", help="chief (serves the oracle) or a worker name such as worker0")
+    dist.add_argument("--oracle-address", metavar="HOST:PORT", help="where the chief serves the oracle")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.tuner_id or args.oracle_address:
+        if not (args.tuner_id and args.oracle_address):
+            raise ChestTFError("distributed tuning needs both --tuner-id and --oracle-address")
+        set_distributed(args.tuner_id, args.oracle_address)
     kt = import_keras_tuner()
     base = base_config(settings_from_arguments(args), default_epochs=None if args.config else TRIAL_EPOCHS)
     result = run_search(kt, base, args.out, trials=args.trials, oracle=args.oracle, with_default=not args.no_default,
                         overwrite=args.overwrite, verbose=args.verbose)
+    if result is None:  # a distributed worker: the chief reports
+        return 0
     out, best = result.out, result.best
     print(f"\ntuning finished in {result.seconds / 60:.1f} min; trials: {out / 'trials.md'}; "
           f"best config: {out / 'best.toml'}")

@@ -36,8 +36,7 @@ from chest_tf.files import write_json_atomic
 from chest_tf.locks import RUN_LOCK, LockBusy, hold
 from chest_tf.locks import holder as lock_holder
 from chest_tf.runs import saved_config_differences
-from chest_tf.training import train
-from chest_tf.training.engine import lock_run_dir
+from chest_tf.training import lock_run_dir, train
 
 SWEEP_LOCK = ".sweep.lock"  # in the sweep dir: sweep.json, hparams/ and the leaderboard are written under it
 

@@ -19,12 +19,21 @@ best checkpoint, maximised. Trials never look at the test set; only the default 
 trial are evaluated on test at the end (full eval/ reports), for information.
 
 keras-tuner is the optional ``tune`` extra: ``import_keras_tuner`` imports it when a search starts.
+
+Distributed (keras-tuner's own mode, ``tuning_role``): one chief process serves the oracle over gRPC
+at ``KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT`` (``python -m chest_tf.tune ... --tuner-id chief
+--oracle-address HOST:PORT``); any number of workers (``--tuner-id worker0`` ...) on any machines
+sharing ``--out`` ask it for trials and train them. The first worker to arrive trains the default
+config (its run dir's lock keeps the others off it). Once every trial is done and every worker has
+stopped, the chief writes trials.csv/.md and best.toml and evaluates the default and the best
+trial on test, as a single-process search does.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -184,7 +193,8 @@ def validation_score(run_dir: Path, config: RunConfig) -> dict[str, float]:
 
 def run_trial(config: RunConfig, run_dir: Path, *, name: str, hparams: dict[str, Any], verbose: int) -> dict:
     """Train (or skip / resume) one trial without touching test, then score it on validation; its
-    HParams session carries the validation score and timing."""
+    HParams session carries the validation score and timing. ``TrialBusy`` when another process is
+    training it."""
 
     def trial_metrics(run_dir: Path) -> dict[str, float]:
         values = {f"final/{k}": v for k, v in validation_score(run_dir, config).items()}
@@ -194,8 +204,38 @@ def run_trial(config: RunConfig, run_dir: Path, *, name: str, hparams: dict[str,
                 values[tag] = float(timing[key])
         return values
 
-    run_or_skip(config, run_dir, name=name, hparams=hparams, verbose=verbose, evaluate=False, metrics=trial_metrics)
+    if run_or_skip(config, run_dir, name=name, hparams=hparams, verbose=verbose, evaluate=False,
+                   metrics=trial_metrics) == "busy":
+        raise TrialBusy(f"{name} is being trained by another process ({run_dir})")
     return validation_score(run_dir, config)
+
+
+class TrialBusy(ChestTFError):
+    """Another process holds the trial's run dir."""
+
+
+TUNER_ID_ENV, ORACLE_IP_ENV, ORACLE_PORT_ENV = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+
+
+def set_distributed(tuner_id: str, oracle_address: str) -> None:
+    """Set keras-tuner's environment for its distributed mode: ``tuner_id`` "chief" serves the
+    oracle at ``oracle_address`` (HOST:PORT; the chief binds it), any other id is a worker."""
+    host, _, port = oracle_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--oracle-address must be HOST:PORT, got {oracle_address!r}")
+    if not tuner_id:
+        raise ConfigError("--tuner-id must not be empty (chief, or a worker name such as worker0)")
+    os.environ.update({TUNER_ID_ENV: tuner_id, ORACLE_IP_ENV: host, ORACLE_PORT_ENV: port})
+
+
+def tuning_role() -> str | None:
+    """"chief" or "worker" in keras-tuner's distributed mode (its environment variables), else None."""
+    if ORACLE_IP_ENV not in os.environ:
+        return None
+    if ORACLE_PORT_ENV not in os.environ or TUNER_ID_ENV not in os.environ:
+        raise ConfigError(f"{ORACLE_IP_ENV} is set: distributed tuning also needs {ORACLE_PORT_ENV} and "
+                          f"{TUNER_ID_ENV} (use --oracle-address HOST:PORT and --tuner-id)")
+    return "chief" if "chief" in os.environ[TUNER_ID_ENV] else "worker"
 
 
 def full_evaluation(run_dir: Path, config: RunConfig) -> dict:
@@ -352,12 +392,19 @@ def _comparison(best: dict, default_row: dict | None) -> list[str]:
 
 
 def run_search(kt, base: RunConfig, out: Path | None = None, *, trials: int = 10, oracle: str = "bayesian",
-               with_default: bool = True, overwrite: bool = False, verbose: int = 2) -> TuneResult:
+               with_default: bool = True, overwrite: bool = False, verbose: int = 2) -> TuneResult | None:
     """Search ``base.model.arch``'s space for ``trials`` trials into ``out`` (default
     runs/tune/<dataset>_<size>_<arch>); write trials.csv/.md and best.toml; evaluate the default
-    config and the best trial on test. A rerun resumes, and a larger ``trials`` extends it."""
+    config and the best trial on test. A rerun resumes, and a larger ``trials`` extends it.
+
+    In keras-tuner's distributed mode (``tuning_role``) a worker trains trials (and the default
+    config, if it gets there first) and returns None; the chief serves the oracle until all trials
+    are done, then writes the results."""
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
+    role = tuning_role()
+    if role and overwrite:
+        raise ConfigError("--overwrite cannot be used in distributed mode: delete --out before starting the chief")
     quiet_retracing_warnings()
     arch, seed = base.model.arch, base.train.seed
     task = get_info(base.data.dataset).task
@@ -371,12 +418,22 @@ def run_search(kt, base: RunConfig, out: Path | None = None, *, trials: int = 10
     settings = {"arch": arch, "base": base.to_dict(), "space": hp.get_config(), "oracle": oracle, "seed": seed,
                 "trials": trials}
     check_settings(out, json.loads(json.dumps(settings)))
-    write_hparams_config(out / "hparams", [*names, "arch", "epochs"], TUNE_METRICS)
+    if role != "worker":
+        write_hparams_config(out / "hparams", [*names, "arch", "epochs"], TUNE_METRICS)
     fixed = {"arch": arch, "epochs": base.train.epochs}
     print(f"tuning {arch} on {base.data.dataset} {base.data.size} px: {trials} trials x {base.train.epochs} epochs, "
-          f"{oracle} oracle, searching {', '.join(names)} -> {out}", flush=True)
+          f"{oracle} oracle, searching {', '.join(names)} -> {out}"
+          + (f" ({role} {os.environ[TUNER_ID_ENV]}, oracle at {os.environ[ORACLE_IP_ENV]}:"
+             f"{os.environ[ORACLE_PORT_ENV]})" if role else ""), flush=True)
     started = time.perf_counter()
-    default_row = _run_default(base, out, names, fixed, verbose) if with_default else None
+    default_row = None
+    if with_default and role == "worker":
+        try:  # the first worker here trains it; the others find it busy and go on to trials
+            _run_default(base, out, names, fixed, verbose)
+        except TrialBusy as busy:
+            print(f"default config: {busy}; on to the trials", flush=True)
+    elif with_default and role is None:
+        default_row = _run_default(base, out, names, fixed, verbose)
 
     def runner(trial_id: str, values: dict) -> dict:
         score = run_trial(trial_config(base, values), out / "trials" / f"trial_{trial_id}", name=f"trial_{trial_id}",
@@ -385,7 +442,15 @@ def run_search(kt, base: RunConfig, out: Path | None = None, *, trials: int = 10
 
     tuner = make_tuner(kt, make_oracle(kt, oracle, hp, trials, seed), out, runner)
     tuner.oracle.max_trials = trials  # a rerun with a larger budget extends the search
+    if role == "chief":
+        print(f"serving the oracle at {os.environ[ORACLE_IP_ENV]}:{os.environ[ORACLE_PORT_ENV]} until every trial "
+              "is done and every worker has stopped", flush=True)
     _search(tuner)
+    if role == "worker":
+        print(f"worker {os.environ[TUNER_ID_ENV]}: no trials left; the chief writes the results", flush=True)
+        return None
+    if role == "chief" and with_default:  # trained by a worker (resumed or trained here if it did not finish)
+        default_row = _run_default(base, out, names, fixed, verbose)
 
     rows = collect_trials(out, tuner, names, default_row)
     write_trials(out, rows, names)

@@ -47,9 +47,11 @@ from chest_tf.errors import ConfigError
 from chest_tf.evaluation.metrics import roc_auc_columns, sigmoid
 from chest_tf.explain.checks import (
     best_threshold,
+    box_masks,
     bootstrap_mean,
     deletion_insertion,
     dilate,
+    load_phantom_split,
     map_similarity,
     mask_iou,
     mask_prior,
@@ -167,9 +169,8 @@ def run_bench(run_dir, settings: BenchSettings | None = None, log: Callable[[str
     settings = settings or BenchSettings()
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    resolved = resolve_model(run_dir)
-    model = resolved.model
-    npz_path, dataset = run_npz(run_dir)
+    npz_path, dataset = run_npz(run_dir)          # before loading anything: a one-line error for other data
+    model = resolve_model(run_dir).model
     methods = list(settings.methods or family_methods(model))
     for method in methods:
         Explainer(model, method)  # one-line error for a method that does not fit the model, before any work
@@ -483,14 +484,32 @@ def _public(value):
     return value
 
 
+def _box_instances(npz_path, split: str):
+    """Version 1 (boxes only): (masks from the boxes, findings) of a split's present findings."""
+    images, labels, boxes = load_phantom_split(npz_path, split)
+    rows, cols = np.nonzero((labels > 0) & ~np.isnan(boxes[..., 0]))
+    size = images.shape[1]
+    return box_masks(boxes[rows, cols], size, size), cols, size
+
+
 def prior_table(npz_path, tolerance: float | None = None) -> dict[str, Any]:
-    """Per finding of a version-2 phantom npz: the image-blind prior's pointing-game hit rate on
-    the test split (fitted on the train split's masks only) next to a uniformly random point
-    anywhere and in the lungs."""
-    test = phantom.read_masks(npz_path, "test")
-    tolerance = pointing_tolerance(test.size) if tolerance is None else tolerance
-    base = prior_baselines(fit_prior(npz_path), test.masks(), test.index[:, 1], test.lungs(test.index[:, 0]), tolerance)
-    findings = test.index[:, 1]
+    """Per finding of a phantom npz: the image-blind prior's pointing-game hit rate on the test
+    split (fitted on the train split's masks only) next to a uniformly random point anywhere and
+    in the lungs. A version-1 file (no masks) is scored on its boxes (no lung fields: no
+    in-lung baseline)."""
+    if phantom.masks_path(npz_path).is_file():
+        test = phantom.read_masks(npz_path, "test")
+        size, masks, findings = test.size, test.masks(), test.index[:, 1]
+        prior, lungs, kind = fit_prior(npz_path), test.lungs(test.index[:, 0]), "masks"
+    else:
+        masks, findings, size = _box_instances(npz_path, "test")
+        train_masks, train_findings, _ = _box_instances(npz_path, "train")
+        prior = mask_prior(train_masks, train_findings, len(phantom.PHANTOM_LABELS))
+        lungs, kind = np.zeros_like(masks), "boxes"
+    tolerance = pointing_tolerance(size) if tolerance is None else tolerance
+    base = prior_baselines(prior, masks, findings, lungs, tolerance)
+    if kind == "boxes":
+        base["lung_area"] = np.full(len(masks), np.nan)
     rows = {}
     for k, name in enumerate(phantom.PHANTOM_LABELS):
         sel = findings == k
@@ -501,17 +520,23 @@ def prior_table(npz_path, tolerance: float | None = None) -> dict[str, Any]:
     focal = np.isin(findings, [phantom.PHANTOM_LABELS.index(n) for n in phantom.LOCALISABLE])
     overall = {"n": int(focal.sum()), "prior": float(base["hit"][focal].mean()),
                "uniform_image": float(base["area"][focal].mean()), "uniform_lungs": float(base["lung_area"][focal].mean())}
-    return {"tolerance": tolerance, "size": test.size, "per_finding": rows, "localisable": overall}
+    return {"tolerance": tolerance, "size": size, "scored_on": kind, "per_finding": rows, "localisable": overall}
 
 
 def format_prior_table(table: dict) -> str:
-    lines = [f"Image-blind prior (peak of each finding's mean train mask) vs a uniformly random point, test split, "
-             f"{table['size']} px, tolerance {table['tolerance']:.2f} px:", "",
+    lines = [f"Image-blind prior (peak of each finding's mean train {table['scored_on'][:-2]}) vs a uniformly random "
+             f"point, test split, {table['size']} px, tolerance {table['tolerance']:.2f} px, scored on the "
+             f"{table['scored_on']}:", "",
              "| finding | location | n | prior | uniform (image) | uniform (lungs) |", "|---|---|---|---|---|---|"]
     for name, r in table["per_finding"].items():
-        lines.append(f"| {name} | {r['kind']} | {r['n']} | {r['prior']:.3f} | {r['uniform_image']:.3f} | "
-                     f"{r['uniform_lungs']:.3f} |")
+        lungs = "-" if not np.isfinite(r["uniform_lungs"]) else f"{r['uniform_lungs']:.3f}"
+        lines.append(f"| {name} | {r['kind']} | {r['n']} | {r['prior']:.3f} | {r['uniform_image']:.3f} | {lungs} |")
     o = table["localisable"]
+    lungs = "-" if not np.isfinite(o["uniform_lungs"]) else f"{o['uniform_lungs']:.3f}"
     lines.append(f"| **localisable (focal) findings** | | {o['n']} | **{o['prior']:.3f}** | {o['uniform_image']:.3f} | "
-                 f"{o['uniform_lungs']:.3f} |")
+                 f"{lungs} |")
+    lines.append("")
+    lines.append(f"The prior hits {o['prior'] / o['uniform_image']:.1f}x as often as a random point anywhere"
+                 + ("" if not np.isfinite(o["uniform_lungs"]) else
+                    f" and {o['prior'] / o['uniform_lungs']:.1f}x a random point in the lungs") + ".")
     return "\n".join(lines)

@@ -289,12 +289,12 @@ def run_phantom_npz(run_dir) -> Path:
     """The phantom npz a run trained on (its config's data.npz, or DATA_DIR/phantom[_SIZE].npz)."""
     config, _ = read_run_dir(run_dir)
     data = config.data
-    if data.dataset != "phantom":
+    if not get_info(data.dataset).generated:
         raise ConfigError(f"{run_dir} was trained on {data.dataset!r}; the pointing game needs the "
                           "phantom set's finding boxes")
     if data.npz:
         return Path(data.npz).expanduser()
-    return download.npz_path(get_info("phantom"), int(data.size), data.data_dir)
+    return download.npz_path(get_info(data.dataset), int(data.size), data.data_dir)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -93,7 +93,10 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrite
     saved = run_dir / "config.json"
     if overwrite:
         for entry in _run_dir_entries(run_dir):  # everything but the lock, which stays held
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     if _run_dir_entries(run_dir):
         if (run_dir / FINISHED_MARKER).exists():
             raise ConfigError(
@@ -125,9 +128,9 @@ def trim_history(path: Path, epochs: int) -> int:
     later ones again; a row cut off by a kill is dropped); returns the number of rows it had."""
     if not path.exists():
         return 0
-    text = path.read_text()
-    lines = text.splitlines(keepends=True)
-    if not lines:
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines or not lines[0].endswith("\n"):  # empty, or killed while writing the header
+        path.unlink()
         return 0
     header = next(csv.reader([lines[0]]))
     rows = [line for line in lines[1:] if line.endswith("\n")]

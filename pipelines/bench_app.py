@@ -154,7 +154,13 @@ def bench_model(name: str, model: Path, images: list[Path], temp: Path, repeats:
             page.goto(app.url)
             page.wait_for_selector("#ctf-upload input[type=file]", state="attached", timeout=60_000)
             page_load = time.perf_counter() - t0
-            first, src = upload_and_wait(page, images[0], None)
+            try:
+                first, src = upload_and_wait(page, images[0], None)
+            except Exception:
+                print("summary:", page.inner_text("#ctf-summary"), "\nresult:", page.inner_text("#ctf-result"),
+                      file=sys.stderr)
+                page.screenshot(path="/tmp/appx/fail.png")
+                raise
             later = []
             for path in images[1:repeats + 1]:
                 elapsed, src = upload_and_wait(page, path, src)

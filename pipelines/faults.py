@@ -69,6 +69,8 @@ from chest_tf.cli.train import main as train_main  # noqa: E402
 from chest_tf.config import RunConfig  # noqa: E402
 from chest_tf.console import run_cli  # noqa: E402
 from chest_tf.data.builder import check_records, records_dir_of  # noqa: E402
+from chest_tf.data.download import npz_path  # noqa: E402
+from chest_tf.data.info import get_info  # noqa: E402
 from chest_tf.data.pipeline import load_dataset  # noqa: E402
 from chest_tf.errors import DataError  # noqa: E402
 from chest_tf.locks import RUN_LOCK  # noqa: E402
@@ -113,7 +115,7 @@ def make_data(data_dir: Path, counts=(512, 128, 128), size: int = 28, seed: int 
             images[labels[:, k] == 1, (2 * k * size) // 28, :] += 150
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     data_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(data_dir / "phantom.npz", **arrays)
+    np.savez(npz_path(get_info("phantom"), size, data_dir), **arrays)  # phantom.npz, phantom_224.npz, ...
     return data_dir
 
 
@@ -420,23 +422,23 @@ def case_data(work: Path) -> list[Row]:
             f"{shard} has {len(original) // 2} bytes", restore_shard)
     attempt("bit-flipped TFRecord shard", lambda: flip_byte(shard), f"{shard} changed since it was written",
             restore_shard)
-    npz_path = data / "phantom.npz"
-    saved = npz_path.read_bytes()
+    source = data / "phantom.npz"
+    saved = source.read_bytes()
 
     def change_npz():
-        arrays = dict(np.load(npz_path))
+        arrays = dict(np.load(source))
         arrays["val_labels"][0, 0] ^= 1
-        np.savez(npz_path, **arrays)
+        np.savez(source, **arrays)
 
-    attempt("npz changed after preparation", change_npz, f"{npz_path} changed after its records", lambda: None)
+    attempt("npz changed after preparation", change_npz, f"{source} changed after its records", lambda: None)
     code, _, err = in_process(data_main, ["prepare", "phantom", "--data-dir", str(data), "--force"])
     try:
-        fixed = code == 0 and check_records(version, npz_path, "fix") is None
+        fixed = code == 0 and check_records(version, source, "fix") is None
     except DataError:
         fixed = False
     rows.append(Row("... then `prepare --force`", "records rebuilt from the changed npz and accepted",
                     f"exit {code}; records {'check out' if fixed else 'still refused'}", lost=False, ok=fixed))
-    npz_path.write_bytes(saved)
+    source.write_bytes(saved)
     return rows
 
 
@@ -670,7 +672,7 @@ def case_sweep(work: Path) -> list[Row]:
 def _finished_run(work: Path, size: int = 28, counts=(512, 128, 128), evaluate: bool = True) -> tuple[Path, Path]:
     """A one-epoch run (4 steps) of the tiny model on generated data; evaluated, unless not asked."""
     data = work / f"data_{size}_{counts[2]}"
-    if not (data / "phantom.npz").exists():
+    if not npz_path(get_info("phantom"), size, data).exists():
         make_data(data, counts=counts, size=size)
     run = work / f"run_{size}_{counts[2]}"
     if not (run / "finished.json").exists():
@@ -679,7 +681,7 @@ def _finished_run(work: Path, size: int = 28, counts=(512, 128, 128), evaluate: 
                     f"train_{size}_{counts[2]}")
         code = proc.wait(1800)
         if code:
-            raise RuntimeError(f"training for the case failed: {last_line(proc.stderr)}")
+            raise RuntimeError(f"training for the case failed (exit {code}): {last_line(proc.stderr)}")
     return data, run
 
 

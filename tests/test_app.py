@@ -120,7 +120,20 @@ def test_input_check_refusal_and_file_limit_are_one_line_errors(exported, upload
     reviews = limited.review([_upload(uploads, blank), _upload(uploads, blank, "second.png")])
     assert reviews[0].error.startswith("blank.png: the image is blank or near-constant"), reviews[0].error
     assert "python -m chest_tf.app --check blank=warning" in reviews[0].error
-    assert reviews[1].error == "second.png: not reviewed: at most 1 files per upload"
+    assert reviews[1].error == "second.png: not reviewed: at most 1 files at a time (remove some)"
+
+
+def test_files_added_to_the_page_are_reviewed_once_and_shown(reviewer, uploads, radiograph, tmp_path):
+    first = _upload(uploads, radiograph, "first.png")
+    broken = _upload(uploads, _broken_png(tmp_path))
+    second = _upload(uploads, radiograph, "second.png")
+    reviews, shown = reviewer.update([], [first])
+    assert shown == 0 and reviews[0].prediction is not None
+    more, shown = reviewer.update(reviews, [first, broken, second])
+    assert more[0] is reviews[0]  # not predicted again
+    assert [r.name for r in more] == ["first.png", "broken.png", "second.png"] and shown == 2  # the new one
+    fewer, shown = reviewer.update(more, [broken])  # files removed on the page
+    assert fewer == [more[1]] and shown == 0
 
 
 def test_pixel_limit_comes_from_imageio(exported, uploads, radiograph):

@@ -24,6 +24,7 @@ need it.
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import shutil
 import signal
@@ -108,22 +109,21 @@ def build_page(reviewer: Reviewer, downloads_dir: Path):
         return ([], summary, gr.update(choices=[], value=None), None, None, "", findings_html(None, meta),
                 gr.update(value=None, interactive=False), gr.update(value=None, interactive=False))
 
-    def on_upload(files, finding, method):
+    def on_upload(files, previous, finding, method):
         paths = [getattr(f, "name", f) for f in (files or [])]
         if not paths:
             return blank_outputs()
         try:
-            reviews = reviewer.review(paths)
+            reviews, shown = reviewer.update(previous or [], paths)
             choices = [(f"{i + 1}. {r.name}", i) for i, r in enumerate(reviews)]
-            first = next((i for i, r in enumerate(reviews) if r.prediction is not None), 0)
-            view = reviewer.view(reviews[first], finding, method)
+            view = reviewer.view(reviews[shown], finding, method)
             csv_path, json_path = reviewer.downloads(reviews, downloads_dir / uuid.uuid4().hex)
-            return (reviews, summary_html(reviews, meta), gr.update(choices=choices, value=first), view.original,
-                    view.overlay, view.caption, findings_html(reviews[first], meta),
+            return (reviews, summary_html(reviews, meta), gr.update(choices=choices, value=shown), view.original,
+                    view.overlay, view.caption, findings_html(reviews[shown], meta),
                     gr.update(value=str(csv_path), interactive=True), gr.update(value=str(json_path), interactive=True))
         except Exception as exc:  # noqa: BLE001 (the page shows it; the server keeps serving)
             line = _report_problem("reviewing the upload failed", exc)
-            return blank_outputs(f'<p class="ctf-error" id="ctf-errors">{line}</p>')
+            return blank_outputs(f'<p class="ctf-error" id="ctf-errors">{html.escape(line)}</p>')
 
     def on_view(reviews: list[Review], index, finding, method):
         if not reviews:
@@ -182,7 +182,7 @@ def build_page(reviewer: Reviewer, downloads_dir: Path):
                                 elem_id="ctf-model-card")
 
         outputs = [reviews_state, summary, choice, original, overlay, caption, result, csv_button, json_button]
-        upload.change(on_upload, [upload, finding, method], outputs, show_progress="minimal")
+        upload.change(on_upload, [upload, reviews_state, finding, method], outputs, show_progress="minimal")
         view_outputs = [original, overlay, caption, result]
         for control in (choice, finding, method):
             control.input(on_view, [reviews_state, choice, finding, method], view_outputs, show_progress="minimal")

@@ -2,6 +2,7 @@
 
     reviewer = Reviewer("saved_models/resnet18_chestmnist_224", upload_dir=folder)
     reviews = reviewer.review(paths)                  # files inside ``upload_dir`` -> Review each
+    reviews, shown = reviewer.update(reviews, more)   # files added to the page: only those predicted
     view = reviewer.view(reviews[0], "effusion", "gradcam")   # the original, the overlay, a caption
     html = findings_html(reviews[0], reviewer.metadata)       # bars, thresholds, calls, checks, OOD
     reviewer.downloads(reviews, out_dir)              # results.csv and results.json
@@ -40,7 +41,7 @@ from chest_tf.serving.outputs import CsvWriter, JsonWriter
 from chest_tf.serving.predictor import Prediction, Predictor, interpret, load_predictor, predict_files
 from chest_tf.serving.release import REPORT_DIR
 
-MAX_FILES = 64  # per upload
+MAX_FILES = 64  # on the page at a time
 DISPLAY_SIDE = 768  # the page shows images at most this many px on a side
 MOST_PROBABLE = "most probable finding"
 FIGURES = (("roc_curves.png", "ROC curves (dot: the operating point at the validation-chosen threshold)"),
@@ -148,7 +149,7 @@ class Reviewer:
         unread), in order; unreadable and refused files get their one-line message."""
         reviews = [Review(Path(p).name, Path(p)) for p in paths]
         for r in reviews[self.max_files:]:
-            r.error = f"{r.name}: not reviewed: at most {self.max_files} files per upload"
+            r.error = f"{r.name}: not reviewed: at most {self.max_files} files at a time (remove some)"
         wanted = []
         for r in reviews[:self.max_files]:
             if self._inside_uploads(r.path):
@@ -166,6 +167,26 @@ class Reviewer:
                                   policy=self.policy, on_error=on_error):
             by_path[str(pred.path)].prediction = pred
         return reviews
+
+    def update(self, previous: Sequence[Review], paths: Sequence[str | Path]) -> tuple[list[Review], int]:
+        """The page's file list changed to ``paths`` (files are added to it, or removed): reviews for
+        all of them, reusing ``previous`` ones, and the index of the image to show (the first new
+        file that was reviewed, else the first reviewed one, else 0). Beyond ``max_files`` files
+        nothing more is reviewed."""
+        known = {str(r.path): r for r in previous}
+        paths = [Path(p) for p in paths]
+        fresh = [p for p in paths[:self.max_files] if str(p) not in known]
+        new = {str(r.path): r for r in self.review(fresh)} if fresh else {}
+        reviews = []
+        for k, path in enumerate(paths):
+            if str(path) in known or str(path) in new:
+                reviews.append(known.get(str(path)) or new[str(path)])
+            else:
+                reviews.append(Review(path.name, path, error=f"{path.name}: not reviewed: at most {self.max_files} "
+                                                             "files at a time (remove some)"))
+        done = [k for k, r in enumerate(reviews) if r.prediction is not None]
+        focus = next((k for k in done if str(reviews[k].path) in new), done[0] if done else 0)
+        return reviews, focus
 
     def _image(self, review: Review) -> np.ndarray:
         key = str(review.path)

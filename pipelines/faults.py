@@ -677,6 +677,8 @@ def _finished_run(work: Path, size: int = 28, counts=(512, 128, 128), evaluate: 
     run = work / f"run_{size}_{counts[2]}"
     if not (run / "finished.json").exists():
         extra = [] if evaluate else ["--no-eval"]
+        if size > 64:  # width 8 at 224 px crashes TensorFlow's oneDNN CPU kernels (SIGABRT/SIGSEGV); 16 does not
+            extra += ["--model-arg", "width=16"]
         proc = Proc(train_cmd(data, run, "--epochs", 1, "--steps-per-epoch", 4, "--size", size, *extra), work,
                     f"train_{size}_{counts[2]}")
         code = proc.wait(1800)

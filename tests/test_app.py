@@ -1,6 +1,7 @@
 """The review app (``python -m chest_tf.app``, ``chest_tf.review``): the page's logic on a tiny export,
 the demo model's cache and lock, the command's one-line errors, and the page itself in a real
 browser (headless Chromium from the Debian package, driven by Playwright)."""
+import importlib.util
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from chest_tf.console import run_cli  # noqa: E402
 from chest_tf.data import phantom  # noqa: E402
 from chest_tf.data.info import get_info  # noqa: E402
 from chest_tf.review import demo, session  # noqa: E402
+from chest_tf.review import page as review_page  # noqa: E402
 from chest_tf.serving.input_checks import CheckResult  # noqa: E402
 from chest_tf.serving.predictor import Prediction  # noqa: E402
 
@@ -146,8 +148,8 @@ def test_view_draws_the_overlay_for_the_chosen_finding_and_method(reviewer, uplo
     (review,) = reviewer.review([_upload(uploads, radiograph)])
     assert reviewer.methods[0] == "gradcam" and "occlusion" in reviewer.methods
     view = reviewer.view(review)
-    assert view.original.shape == (224, 224) and view.original.dtype == np.uint8
-    assert view.overlay.shape == (224, 224, 3) and view.overlay.dtype == np.uint8
+    assert view.original.shape == (448, 448) and view.original.dtype == np.uint8  # 224 px, shown twice as large
+    assert view.overlay.shape == (448, 448, 3) and view.overlay.dtype == np.uint8
     top = LABELS[int(np.argmax(review.prediction.probs))]
     assert view.caption.startswith(f"Grad-CAM for {top} (p = ")
     other = reviewer.view(review, "effusion", "hirescam")
@@ -155,10 +157,13 @@ def test_view_draws_the_overlay_for_the_chosen_finding_and_method(reviewer, uplo
     assert reviewer.view(review, "effusion", "not-a-method").caption.startswith("Grad-CAM for effusion")
 
 
-def test_large_images_are_shown_downscaled():
+def test_large_images_are_shown_downscaled_small_ones_enlarged_pixel_for_pixel():
     image = np.zeros((2000, 1000, 1), np.uint8)
     assert session.display_image(image).shape == (session.DISPLAY_SIDE, session.DISPLAY_SIDE // 2)
-    assert session.display_image(np.zeros((30, 40, 3), np.uint8)).shape == (30, 40, 3)
+    assert session.display_image(np.zeros((500, 600, 3), np.uint8)).shape == (500, 600, 3)
+    small = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28, 1).astype(np.uint8)
+    shown = session.display_image(small)
+    assert shown.shape == (448, 448) and (shown[::16, ::16] == small[..., 0]).all()
 
 
 def _prediction(**kw) -> Prediction:
@@ -216,6 +221,17 @@ def test_model_tab_metrics_with_cis_operating_points_calibration_and_ood(reviewe
     assert "| uniform noise | far | 800 | 1.000 | 100.0% |" in text
     assert reviewer.model_card().startswith("# tiny_resnet_export: resnet18 on chestmnist at 28 px")
     assert reviewer.figures() == []  # a plain export has no report
+
+
+def test_a_run_dir_is_reviewed_through_the_same_serving_computation(exported, uploads, radiograph):
+    from_run = session.Reviewer(exported.parent / "run", upload_dir=uploads)
+    assert from_run.resolved.kind == "run" and from_run.methods[0] == "gradcam"
+    path = _upload(uploads, radiograph)
+    (a,) = from_run.review([path])
+    (b,) = session.Reviewer(exported, upload_dir=uploads).review([path])
+    np.testing.assert_allclose(a.prediction.probs, b.prediction.probs, atol=1e-5)
+    assert from_run.model_card() is None and "AUC (mean per-label ROC-AUC) | 0.610 (0.580-0.640)" in \
+        from_run.model_summary()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +304,10 @@ def test_command_errors_are_one_line(capsys, tmp_path, monkeypatch):
     assert capsys.readouterr().err.strip() == "error: --port must be in 1..65535, got 70000"
     assert run_cli(app_cli.main, ["--check", "bogus=error"]) == 2
     assert "unknown input check 'bogus'" in capsys.readouterr().err
-    pytest.importorskip("gradio", reason="the model is resolved after Gradio is found (pip install '.[app]')")
+    if importlib.util.find_spec("gradio") is None:
+        assert run_cli(app_cli.main, []) == 2  # said before a demo model is built
+        assert capsys.readouterr().err.strip() == f"error: {review_page.GRADIO_MISSING}"
+        return
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert run_cli(app_cli.main, [str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
@@ -351,8 +370,8 @@ def test_review_page_in_a_real_browser(exported, radiograph, tmp_path):
     temp_root.mkdir()
     env = {**os.environ, "TMPDIR": str(temp_root)}
     env.pop("CHEST_TF_VERBOSE_TF", None)
-    server = subprocess.Popen([sys.executable, "-m", "chest_tf.app", str(exported), "--port", str(port)], cwd=REPO,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "chest_tf.app", str(exported), "--port", str(port),
+                               "--max-file-mb", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = _Lines(server.stdout), _Lines(server.stderr)
     url = f"http://127.0.0.1:{port}/"
     screenshot = Path(os.environ.get("CHEST_TF_TEST_ARTIFACTS", tmp_path)) / "app_test.png"
@@ -366,6 +385,8 @@ def test_review_page_in_a_real_browser(exported, radiograph, tmp_path):
         uploads = [p for p in temp_root.iterdir() if p.name.startswith("chest_tf_app_")]
         assert len(uploads) == 1
         broken = _broken_png(tmp_path)
+        too_big = tmp_path / "too_big.png"
+        too_big.write_bytes(np.random.default_rng(0).bytes(2 * 2**20))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
             try:
@@ -389,6 +410,9 @@ def test_review_page_in_a_real_browser(exported, radiograph, tmp_path):
                 page.set_input_files("#ctf-upload input[type=file]", str(broken))
                 page.wait_for_selector("#ctf-errors", timeout=60_000)
                 assert "broken.png: truncated or corrupt image" in page.inner_text("#ctf-errors")
+
+                page.set_input_files("#ctf-upload input[type=file]", str(too_big))  # Gradio refuses it
+                page.get_by_text("exceed the maximum allowed size").wait_for(timeout=30_000)
 
                 # nothing from the client is a server path: Gradio's file route refuses what it did not store
                 assert page.request.get(f"{url}gradio_api/file=/etc/passwd").status in (403, 404)

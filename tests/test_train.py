@@ -208,3 +208,27 @@ def test_family_alias_trains_under_the_resolved_name(phantom_dir, tmp_path, monk
     assert (run_dir / "finished.json").is_file() and (run_dir / "best.keras").is_file()
     assert json.loads((run_dir / "config.json").read_text())["config"]["model"]["arch"] == arch
     assert f"starting {Path('runs') / 'phantom_28' / f'{arch}_s0'}: {arch} on phantom" in out.getvalue()
+
+
+def test_a_run_stopped_during_its_final_evaluation_resumes_there(phantom_dir, tmp_path, monkeypatch, capsys):
+    """The backup outlives training until finished.json: the rerun evaluates, it does not retrain."""
+    from chest_tf.training import engine, train
+
+    config = tiny_config(phantom_dir, epochs=1, steps_per_epoch=3, explain_every=0)
+    run_dir = tmp_path / "run"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "evaluate_best", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, verbose=0)
+    assert not (run_dir / "finished.json").exists() and list((run_dir / "backup").glob("state-e0001-s000000.*"))
+    history = (run_dir / "history.csv").read_text()
+    monkeypatch.undo()
+    capsys.readouterr()
+    train(config, run_dir, verbose=0)
+    assert "all 1 epochs were trained; the final evaluation follows" in capsys.readouterr().out
+    assert (run_dir / "history.csv").read_text() == history  # no epoch trained again
+    assert (run_dir / "finished.json").exists() and (run_dir / "eval" / "metrics.json").exists()
+    assert not (run_dir / "backup").exists()

@@ -26,7 +26,7 @@ import argparse
 from chest_tf import imageio
 from chest_tf.errors import ConfigError
 from chest_tf.review.demo import demo_root, ensure_demo_model
-from chest_tf.review.page import DEFAULT_HOST, DEFAULT_MAX_FILE_MB, require_gradio, serve
+from chest_tf.review.page import DEFAULT_HOST, DEFAULT_MAX_FILE_MB, check_gradio, serve
 from chest_tf.serving.input_checks import CHECK_NAMES, DEFAULT_POLICY, parse_check_levels
 
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_file_mb <= 0:
         raise ConfigError(f"--max-file-mb must be positive, got {args.max_file_mb:g}")
     policy = DEFAULT_POLICY.with_levels(parse_check_levels(args.check))
-    require_gradio()  # before a demo build, not after it
+    check_gradio()  # before a demo build, not after it
     model = args.model if args.model else ensure_demo_model()
     return serve(model, dataset=args.dataset, host=args.host, port=args.port, max_pixels=args.max_pixels,
                  max_file_bytes=int(args.max_file_mb * 2**20), policy=policy)

@@ -524,7 +524,7 @@ def prior_table(npz_path, tolerance: float | None = None) -> dict[str, Any]:
 
 
 def format_prior_table(table: dict) -> str:
-    lines = [f"Image-blind prior (peak of each finding's mean train {table['scored_on'][:-2]}) vs a uniformly random "
+    lines = [f"Image-blind prior (peak of each finding's mean train {'mask' if table['scored_on'] == 'masks' else 'box'}) vs a uniformly random "
              f"point, test split, {table['size']} px, tolerance {table['tolerance']:.2f} px, scored on the "
              f"{table['scored_on']}:", "",
              "| finding | location | n | prior | uniform (image) | uniform (lungs) |", "|---|---|---|---|---|---|"]

@@ -23,8 +23,10 @@ need it.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import html
+import importlib.util
 import os
 import shutil
 import signal
@@ -33,12 +35,15 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
+from typing import TextIO
+
 import numpy as np
 from PIL import Image
 
 from chest_tf import imageio
 from chest_tf.errors import ChestTFError, ConfigError, error_line
 from chest_tf.review.session import MOST_PROBABLE, Review, Reviewer, findings_html, summary_html
+from chest_tf.serving.input_checks import DEFAULT_POLICY, InputPolicy
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_FILE_MB = 64
@@ -63,6 +68,13 @@ CSS = """
 .ctf-note {color: #666; font-size: 12px;}
 .ctf-files {border-collapse: collapse; font-size: 13px;} .ctf-files td, .ctf-files th {padding: 1px 8px;}
 """
+GRADIO_MISSING = "the review app needs Gradio: pip install 'chest_tf[app]' (or pip install gradio)"
+
+
+def check_gradio() -> None:
+    """A one-line error when Gradio is not installed (without importing it: that takes seconds)."""
+    if importlib.util.find_spec("gradio") is None:
+        raise ConfigError(GRADIO_MISSING)
 
 
 def require_gradio():
@@ -70,7 +82,7 @@ def require_gradio():
     try:
         import gradio  # noqa: PLC0415 (optional extra)
     except ImportError:
-        raise ConfigError("the review app needs Gradio: pip install 'chest_tf[app]' (or pip install gradio)") from None
+        raise ConfigError(GRADIO_MISSING) from None
     return gradio
 
 
@@ -90,17 +102,45 @@ def _report_problem(what: str, exc: BaseException) -> str:
     return line
 
 
-def _figure(path: Path) -> np.ndarray | None:
+def _figure(path: Path, folder: Path) -> str | None:
+    """A copy of a report figure where Gradio serves from (the report's folder itself is never served)."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError):
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(shutil.copyfile(path, folder / path.name))
+    except OSError:
         return None
 
 
-def build_page(reviewer: Reviewer, downloads_dir: Path):
-    """The Gradio Blocks of the review page (see the module docstring)."""
+class _Shown:
+    """The images the page shows, written as PNGs (zlib level 1: lossless, and several times faster
+    to write than Gradio's own level-6 encoding of an array) into a folder Gradio serves from; only
+    the newest ``keep`` stay."""
+
+    def __init__(self, folder: Path, keep: int = 256):
+        self.folder, self.keep = folder, keep
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._written: collections.deque[Path] = collections.deque()
+        self._lock = threading.Lock()
+
+    def __call__(self, image: np.ndarray | None) -> str | None:
+        if image is None:
+            return None
+        path = self.folder / f"{uuid.uuid4().hex}.png"
+        Image.fromarray(image).save(path, compress_level=1)
+        with self._lock:
+            self._written.append(path)
+            while len(self._written) > self.keep:
+                with contextlib.suppress(OSError):
+                    self._written.popleft().unlink()
+        return str(path)
+
+
+def build_page(reviewer: Reviewer, work_dir: Path):
+    """The Gradio Blocks of the review page (see the module docstring); downloads and shown images
+    are written under ``work_dir``, which must lie in Gradio's upload folder."""
     gr = require_gradio()
+    downloads_dir = work_dir / "downloads"
+    shown_png = _Shown(work_dir / "shown")
     meta = reviewer.metadata
     findings = [MOST_PROBABLE, *reviewer.findings]
     methods = list(reviewer.methods)
@@ -118,9 +158,10 @@ def build_page(reviewer: Reviewer, downloads_dir: Path):
             choices = [(f"{i + 1}. {r.name}", i) for i, r in enumerate(reviews)]
             view = reviewer.view(reviews[shown], finding, method)
             csv_path, json_path = reviewer.downloads(reviews, downloads_dir / uuid.uuid4().hex)
-            return (reviews, summary_html(reviews, meta), gr.update(choices=choices, value=shown), view.original,
-                    view.overlay, view.caption, findings_html(reviews[shown], meta),
-                    gr.update(value=str(csv_path), interactive=True), gr.update(value=str(json_path), interactive=True))
+            return (reviews, summary_html(reviews, meta), gr.update(choices=choices, value=shown),
+                    shown_png(view.original), shown_png(view.overlay), view.caption,
+                    findings_html(reviews[shown], meta), gr.update(value=str(csv_path), interactive=True),
+                    gr.update(value=str(json_path), interactive=True))
         except Exception as exc:  # noqa: BLE001 (the page shows it; the server keeps serving)
             line = _report_problem("reviewing the upload failed", exc)
             return blank_outputs(f'<p class="ctf-error" id="ctf-errors">{html.escape(line)}</p>')
@@ -131,7 +172,7 @@ def build_page(reviewer: Reviewer, downloads_dir: Path):
         try:
             review = reviews[int(index) if index is not None else 0]
             view = reviewer.view(review, finding, method)
-            return view.original, view.overlay, view.caption, findings_html(review, meta)
+            return shown_png(view.original), shown_png(view.overlay), view.caption, findings_html(review, meta)
         except Exception as exc:  # noqa: BLE001
             line = _report_problem("drawing the heatmap failed", exc)
             return None, None, line, findings_html(None, meta)
@@ -171,8 +212,8 @@ def build_page(reviewer: Reviewer, downloads_dir: Path):
                 for first in range(0, len(figures), 2):
                     with gr.Row():
                         for path, label in figures[first:first + 2]:
-                            gr.Image(_figure(path), label=label, format="png", interactive=False,
-                                     buttons=["fullscreen"], height=FIGURE_HEIGHT)
+                            gr.Image(_figure(path, work_dir / "figures"), label=label, format="png",
+                                     interactive=False, buttons=["fullscreen"], height=FIGURE_HEIGHT)
                 if not figures:
                     gr.Markdown("No report figures: a run's `eval/` (python -m chest_tf.evaluate) or an export's "
                                 "`report/` (python -m chest_tf.export) holds them.")
@@ -210,15 +251,18 @@ def warm_up(reviewer: Reviewer) -> None:
 
 
 class _Stop:
-    """SIGINT / SIGTERM set an event the main thread waits on (then the server closes cleanly)."""
+    """SIGINT and SIGTERM while the app serves: set an event the main thread waits on, so the server
+    closes and the upload folder goes. Before it serves (loading, warming up): a KeyboardInterrupt,
+    which unwinds the same way."""
 
     def __init__(self):
         self.event = threading.Event()
-        self.signum: int | None = None
+        self.serving = False
 
     def __call__(self, signum, frame) -> None:
-        self.signum = signum
         self.event.set()
+        if not self.serving:
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def installed(self):
@@ -232,46 +276,42 @@ class _Stop:
 
 def serve(model_path: str | Path, *, dataset: str | None = None, host: str = DEFAULT_HOST, port: int | None = None,
           max_pixels: int = imageio.DEFAULT_MAX_PIXELS, max_file_bytes: int = DEFAULT_MAX_FILE_MB * 2**20,
-          policy=None, out=None, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
-    """Serve the review page for ``model_path`` until Ctrl-C or SIGTERM (or ``stop`` is set); the
-    upload folder is removed when it returns. Prints the page's address on ``out`` (stdout)."""
+          policy: InputPolicy = DEFAULT_POLICY, out: TextIO | None = None) -> int:
+    """Serve the review page for ``model_path`` until Ctrl-C or SIGTERM (call it from the main
+    thread); the upload folder is removed when it returns. Prints the page's address on ``out``
+    (stdout)."""
     out = out if out is not None else sys.stdout
-    upload_dir = Path(tempfile.mkdtemp(prefix="chest_tf_app_")).resolve()
-    try:
-        _quiet_gradio_environment(upload_dir)
-        gr = require_gradio()
-        reviewer = Reviewer(model_path, dataset, upload_dir=upload_dir, max_pixels=max_pixels,
-                            **({"policy": policy} if policy is not None else {}))
-        warm_up(reviewer)
-        page = build_page(reviewer, upload_dir / "downloads")
+    stopper = _Stop()
+    with stopper.installed():
+        upload_dir = Path(tempfile.mkdtemp(prefix="chest_tf_app_")).resolve()
         try:
-            _, url, _ = page.launch(server_name=host, server_port=port, share=False, quiet=True,
-                                    prevent_thread_lock=True, inbrowser=False, show_error=False,
-                                    max_file_size=max_file_bytes, ssr_mode=False, mcp_server=False,
-                                    enable_monitoring=False, pwa=False, theme=gr.themes.Default(), css=CSS,
-                                    footer_links=[])
-        except OSError as exc:
-            raise ChestTFError(f"cannot start the server on {host}:{port or 'a free port'}: {error_line(exc)}") from None
-        try:
-            where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{page.server_port}/"
-            print(f"review app for {reviewer.resolved.path} on {where} (uploads in {upload_dir}; research use only, "
-                  f"not for clinical use); Ctrl-C stops it", file=out, flush=True)
-            if host not in ("127.0.0.1", "localhost", "::1"):
-                print(f"warning: listening on {host}: anyone who can reach this machine can use the app",
-                      file=sys.stderr)
-            if ready is not None:
-                ready.set()
-            stopper = _Stop()
-            with stopper.installed() if threading.current_thread() is threading.main_thread() \
-                    else contextlib.nullcontext():
-                while not stopper.event.wait(0.25):
-                    if stop is not None and stop.is_set():
-                        break
-            print("stopping the review app", file=out, flush=True)
+            _quiet_gradio_environment(upload_dir)
+            reviewer = Reviewer(model_path, dataset, upload_dir=upload_dir, max_pixels=max_pixels, policy=policy)
+            warm_up(reviewer)
+            gr = require_gradio()
+            page = build_page(reviewer, upload_dir / "page")
+            try:
+                page.launch(server_name=host, server_port=port, share=False, quiet=True, prevent_thread_lock=True,
+                            inbrowser=False, show_error=False, max_file_size=max_file_bytes, ssr_mode=False,
+                            mcp_server=False, enable_monitoring=False, pwa=False, theme=gr.themes.Default(),
+                            css=CSS, footer_links=[])
+            except OSError as exc:
+                raise ChestTFError(f"cannot start the server on {host}:{port or 'a free port'}: "
+                                   f"{error_line(exc)}") from None
+            try:
+                stopper.serving = True
+                where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{page.server_port}/"
+                print(f"review app for {reviewer.resolved.path} on {where} (uploads in {upload_dir}; research use "
+                      f"only, not for clinical use); Ctrl-C stops it", file=out, flush=True)
+                if host not in ("127.0.0.1", "localhost", "::1"):
+                    print(f"warning: listening on {host}: anyone who can reach this machine can use the app",
+                          file=sys.stderr)
+                stopper.event.wait()
+                print("stopping the review app", file=out, flush=True)
+            finally:
+                stopper.serving = False
+                with contextlib.suppress(Exception):
+                    page.close(verbose=False)
+            return 0
         finally:
-            with contextlib.suppress(Exception):
-                page.close(verbose=False)
-        return 0
-    finally:
-        shutil.rmtree(upload_dir, ignore_errors=True)
-
+            shutil.rmtree(upload_dir, ignore_errors=True)

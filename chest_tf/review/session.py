@@ -43,6 +43,7 @@ from chest_tf.serving.release import REPORT_DIR
 
 MAX_FILES = 64  # on the page at a time
 DISPLAY_SIDE = 768  # the page shows images at most this many px on a side
+DISPLAY_MIN_SIDE = 448  # and small ones enlarged to about this
 MOST_PROBABLE = "most probable finding"
 FIGURES = (("roc_curves.png", "ROC curves (dot: the operating point at the validation-chosen threshold)"),
            ("operating_points.png", "Sensitivity and specificity at the validation-chosen thresholds"),
@@ -75,14 +76,20 @@ def _client_text(message: str, path: Path, name: str) -> str:
     return message.replace(str(path), name)
 
 
-def display_image(image: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
-    """uint8 (H, W, C) -> (h, w) gray or (h, w, 3), downscaled (antialiased) to at most ``side`` px."""
+def display_image(image: np.ndarray, side: int = DISPLAY_SIDE, min_side: int = DISPLAY_MIN_SIDE) -> np.ndarray:
+    """uint8 (H, W, C) -> (h, w) gray or (h, w, 3) for the page: downscaled (antialiased) to at most
+    ``side`` px, or a small image (a MedMNIST-sized one) enlarged by a whole factor, pixel for pixel,
+    to about ``min_side`` px."""
     image = np.asarray(image)
     image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image[..., :3]
     height, width = image.shape[:2]
-    scale = side / max(height, width)
-    if scale >= 1:
+    longest = max(height, width)
+    if longest < min_side:
+        factor = min_side // longest
+        return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
+    if longest <= side:
         return np.ascontiguousarray(image)
+    scale = side / longest
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
 

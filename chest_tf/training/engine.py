@@ -293,8 +293,11 @@ def _fit(config, run_dir, runtime, resuming, evaluate, verbose, backup_every_ste
     start_epoch, start_step = (state.epoch, state.step) if state else (0, 0)
     recorded = trim_history(run_dir / "history.csv", start_epoch)
     _trim_timing(run_dir / "timing.json", start_epoch)
-    if state is not None:
-        print(f"resuming from {state.record.name[:-len('.json')]}: epoch {min(start_epoch + 1, train.epochs)}"
+    if state is not None and start_epoch >= train.epochs:
+        print(f"resuming from {state.record.name[:-len('.json')]}: all {train.epochs} epochs were trained; "
+              "the final evaluation follows")
+    elif state is not None:
+        print(f"resuming from {state.record.name[:-len('.json')]}: epoch {start_epoch + 1}"
               + (f", step {start_step + 1} of {steps}" if start_step else ""))
     elif recorded:
         warnings.warn(f"{run_dir} has no backup to resume from: training starts again at epoch 1 "

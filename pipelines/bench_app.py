@@ -214,7 +214,8 @@ def shrink(raw: Path, out: Path, limit_kb: int = 290) -> None:
     image = Image.open(raw).convert("RGB")
     image.save(out, optimize=True)
     if out.stat().st_size > limit_kb * 1024:
-        image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+        quantized = image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+        quantized.save(out, optimize=True)
     print(f"screenshot {out}: {image.width} x {image.height}, {out.stat().st_size / 1024:.0f} KB")
 
 

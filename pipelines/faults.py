@@ -84,6 +84,7 @@ STEPS = 32  # training steps per epoch in these cases: 512 images, batch 16
 TRAIN_FLAGS = ["--dataset", "phantom", "--arch", "resnet18", "--model-arg", "width=8", "--batch-size", "16",
                "--explain-every", "0"]
 NOBODY = 65534
+GNU_TIME, RSS_MARK = "/usr/bin/time", "peak_rss_kb="
 
 
 @dataclass
@@ -122,11 +123,17 @@ def make_data(data_dir: Path, counts=(512, 128, 128), size: int = 28, seed: int 
 class Proc:
     """A command started in the background, its output in files (no pipe to fill up)."""
 
-    def __init__(self, args: list[str], work: Path, name: str, prefix: list[str] | None = None):
+    def __init__(self, args: list[str], work: Path, name: str, prefix: list[str] | None = None,
+                 measure: bool = False):
         self.name = name
         self.out_path, self.err_path = work / f"{name}.out", work / f"{name}.err"
         self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")
-        self.popen = subprocess.Popen([*(prefix or []), *args], cwd=REPO, env=ENV, stdout=self._out,
+        # Peak RSS through GNU time, not this process's wait4 rusage: that counts the pages of the
+        # (large) parent the child was forked from (`python -c pass` spawned by an 800 MB process
+        # reports 827 MB), which made a 1.1 GB evaluate read 1.9 GB.
+        self.measured = measure and Path(GNU_TIME).exists()
+        timer = [GNU_TIME, "-f", f"{RSS_MARK}%M"] if self.measured else []
+        self.popen = subprocess.Popen([*timer, *(prefix or []), *args], cwd=REPO, env=ENV, stdout=self._out,
                                       stderr=self._err, text=True)
         self.pid = self.popen.pid
         self.rusage = None
@@ -165,7 +172,9 @@ class Proc:
 
     @property
     def peak_rss_mb(self) -> float:
-        return self.rusage.ru_maxrss / 1024 if self.rusage else float("nan")
+        """The command's peak RSS (MB), from GNU time (``measure=True``)."""
+        found = re.findall(rf"^{RSS_MARK}(\d+)$", self.stderr, re.M) if self.measured else []
+        return int(found[-1]) / 1024 if found else float("nan")
 
 
 def module(name: str, *args) -> list[str]:
@@ -731,7 +740,8 @@ def case_load(work: Path) -> list[Row]:
         folder = work / f"png_{count}"
         if not folder.exists():
             _write_pngs(folder, count)
-        proc = Proc(module("chest_tf.predict", export, folder, "--format", "csv"), work, f"predict_{count}")
+        proc = Proc(module("chest_tf.predict", export, folder, "--format", "csv"), work, f"predict_{count}",
+                    measure=True)
         started = time.monotonic()
         code = proc.wait(1800)
         seconds = time.monotonic() - started
@@ -756,7 +766,7 @@ def case_load(work: Path) -> list[Row]:
     for n_test in (2000, 20000):
         data, run224 = _finished_run(work, size=224, counts=(64, 64, n_test), evaluate=False)
         proc = Proc(module("chest_tf.evaluate", run224, "--out", work / f"eval_{n_test}", "--bootstrap", 0),
-                    work, f"evaluate_{n_test}")
+                    work, f"evaluate_{n_test}", measure=True)
         started = time.monotonic()
         code = proc.wait(3600)
         if code:
@@ -764,10 +774,10 @@ def case_load(work: Path) -> list[Row]:
         evals[n_test] = (proc.peak_rss_mb, n_test / (time.monotonic() - started))
     growth = evals[20000][0] / evals[2000][0] - 1
     raw = 20000 * 224 * 224 / 2**20
-    rows.append(Row("`evaluate` on a 20,000-image 224 px split", "memory bounded (not the split's size)",
+    rows.append(Row("`evaluate` on a 20,000-image 224 px split", "memory bounded: peak RSS within 20% of 2,000's",
                     f"peak RSS {evals[2000][0]:.0f} MB (2,000) vs {evals[20000][0]:.0f} MB (20,000; the split is "
                     f"{raw:.0f} MB as uint8): {growth:+.1%}; {evals[20000][1]:.0f} images/s",
-                    lost=False, ok=evals[20000][0] < evals[2000][0] + raw / 2))
+                    lost=False, ok=evals[20000][0] <= 1.2 * evals[2000][0]))
     return rows
 
 

@@ -371,7 +371,8 @@ def test_review_page_in_a_real_browser(exported, radiograph, tmp_path):
     env = {**os.environ, "TMPDIR": str(temp_root)}
     env.pop("CHEST_TF_VERBOSE_TF", None)
     server = subprocess.Popen([sys.executable, "-m", "chest_tf.app", str(exported), "--port", str(port),
-                               "--max-file-mb", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--max-file-mb", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     out, err = _Lines(server.stdout), _Lines(server.stderr)
     url = f"http://127.0.0.1:{port}/"
     screenshot = Path(os.environ.get("CHEST_TF_TEST_ARTIFACTS", tmp_path)) / "app_test.png"

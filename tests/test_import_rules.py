@@ -57,7 +57,8 @@ def test_the_package_and_console_import_nothing_heavy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 
-COMMANDS = ("train", "evaluate", "export", "predict", "explain", "sweep", "tune", "data", "models", "metrics", "app")
+COMMANDS = ("train", "evaluate", "export", "predict", "explain", "sweep", "tune", "data", "models", "metrics", "app",
+            "doctor")
 
 
 def test_every_command_help_prints_no_tensorflow_log_line():

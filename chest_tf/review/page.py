@@ -296,8 +296,8 @@ def serve(model_path: str | Path, *, dataset: str | None = None, host: str = DEF
                             mcp_server=False, enable_monitoring=False, pwa=False, theme=gr.themes.Default(),
                             css=CSS, footer_links=[])
             except OSError as exc:
-                raise ChestTFError(f"cannot start the server on {host}:{port or 'a free port'}: "
-                                   f"{error_line(exc)}") from None
+                reason = "the port is in use; choose another --port" if "empty port" in str(exc) else error_line(exc)
+                raise ChestTFError(f"cannot start the server on {host}:{port or 'a free port'}: {reason}") from None
             try:
                 stopper.serving = True
                 where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{page.server_port}/"

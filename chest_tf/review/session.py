@@ -22,9 +22,9 @@ import io
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -364,7 +364,8 @@ def findings_html(review: Review | None, meta: dict) -> str:
             call = "predicted" if names[k] == calls["predicted"] else ""
         else:
             call = "positive" if threshold is not None and probs[k] >= threshold else "negative"
-        mark = "" if threshold is None else f'<span class="ctf-thr" style="left:{100 * min(threshold, 1.0):.1f}%"></span>'
+        mark = ("" if threshold is None
+                else f'<span class="ctf-thr" style="left:{100 * min(threshold, 1.0):.1f}%"></span>')
         sd = f"<td>{pred.uncertainty[k]:.3f}</td>" if spread else ""
         rows.append(
             f'<tr class="ctf-{call or "none"}"><td>{_e(names[k])}</td>'

@@ -599,8 +599,8 @@ class TrainingModel(keras.Model):
     mixed on the device (``mixup``, XLA-compilable) and handed to Keras' own step, which then
     augments the mixed images, computes the loss against the mixed labels and applies the
     gradients (loss scaling, distribution and metrics unchanged). Evaluation and prediction never
-    mix. The mixup seed state is one of the model's variables, so BackupAndRestore resumes the
-    random stream too. TensorFlow and PyTorch backends (``train_step(data)``); JAX's stateless
+    mix. The mixup seed state is a seed generator of the model; Keras' weight files leave it out,
+    so the training backup (``chest_tf.training.backup.RunBackup``) saves and restores it. TensorFlow and PyTorch backends (``train_step(data)``); JAX's stateless
     ``train_step(state, data)`` would need the seed threaded through ``state``, not done here.
     """
 
@@ -638,8 +638,8 @@ def attach_augmentation(model: keras.Model, augment: ChestAugment | None,
     training step and is the identity in evaluate/predict (training=False). Train the wrapper;
     save and export ``model`` itself, which has been trained through the shared weights and
     holds no augmentation. The wrapper's variables are ``model``'s plus the augmentation's and
-    mixup's seed state, so checkpoints of the wrapper (e.g. BackupAndRestore) also resume the
-    random stream. Use ``strip_augmentation`` to get ``model`` back from a saved wrapper. With
+    mixup's seed state (saved by ``chest_tf.training.backup.RunBackup``, not by Keras' weight
+    files), so a resumed run continues the random stream. Use ``strip_augmentation`` to get ``model`` back from a saved wrapper. With
     ``augment=None`` and no mixup the model is returned unchanged.
     """
     if augment is None and not mixup_alpha:

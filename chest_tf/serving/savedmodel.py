@@ -63,9 +63,9 @@ import numpy as np
 import tensorflow as tf
 
 from chest_tf.data.normalization import normalize
-from chest_tf.errors import ChestTFError, ConfigError
+from chest_tf.errors import ChestTFError, ConfigError, error_line
 from chest_tf.evaluation.metrics import dumps_json
-from chest_tf.files import write_text_atomic
+from chest_tf.files import write_problem, write_text_atomic
 from chest_tf.serving.metadata import KERAS_FILENAME, METADATA_PATH
 from chest_tf.serving.model_card import write_model_card
 from chest_tf.serving.release import REPORT_DIR, ReleaseOptions, prepare_release, write_release_report
@@ -177,9 +177,14 @@ def export_model(model, metadata: dict, out: str | Path, *, overwrite: bool = Fa
         if verify:
             verify_export(tmp, model, extras)
         _move_into_place(tmp, out, overwrite)
-    except OSError as exc:
+    except (OSError, tf.errors.OpError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ChestTFError(f"could not write the export {out} ({exc.strerror or exc}); nothing was changed") from None
+        problem = write_problem(exc)
+        if problem is None and not isinstance(exc, OSError):
+            raise  # a TensorFlow error that is not about the disk: not ours to reword
+        # TensorFlow's SaveV2 reports a full disk as ResourceExhaustedError with the system's words
+        raise ChestTFError(f"could not write the export {out} ({problem or error_line(exc)}); the previous "
+                           f"export, if any, is unchanged") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,8 +20,9 @@ import fnmatch
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 TOML = REPO / "pipelines" / "localisation.toml"

@@ -40,9 +40,9 @@ def cnn_run(tmp_path_factory):
     return _run_dir(tmp_path_factory.mktemp("bench"), "phantom2", build_model("resnet18", (SIZE, SIZE, 1), 14, width=4))
 
 
-SMALL = dict(bootstrap=50, steps=4, faithfulness=6, sanity=3, val_images=6, examples=3,
-             options={"occlusion": {"window": 7, "stride": 7}, "integrated-gradients": {"steps": 4},
-                      "smoothgrad": {"samples": 3}})
+SMALL = {"bootstrap": 50, "steps": 4, "faithfulness": 6, "sanity": 3, "val_images": 6, "examples": 3,
+         "options": {"occlusion": {"window": 7, "stride": 7}, "integrated-gradients": {"steps": 4},
+                     "smoothgrad": {"samples": 3}}}
 
 
 def test_bench_runs_on_a_handful_of_images(cnn_run, tmp_path):

@@ -627,7 +627,7 @@ def draw_emphysema(fr, cv, idx, lung):
         idx, "x", "y", "xm", "emph_lucency", "emph_bulla_side", "emph_bulla_xm", "emph_bulla_y", "emph_bulla_r")
     cv.lucency[idx] *= 1.0 + (lucency - 1.0) * lung
     cv.markings[idx] *= 1.0 - 0.6 * lung * _ramp(xm, 0.4, 0.6)
-    d = np.sqrt(((x - _signed_x(side, bxm)) ** 2 + (y - by) ** 2)) / br
+    d = np.sqrt((x - _signed_x(side, bxm)) ** 2 + (y - by) ** 2) / br
     bulla = _ramp(d, 1.0, 0.85) * lung
     wall = np.clip(1.0 - ((d - 1.0) * (1 / 0.1)) ** 2, 0.0, None) * lung
     cv.lucency[idx] *= 1.0 + 0.25 * bulla

@@ -47,8 +47,8 @@ from chest_tf.errors import ConfigError
 from chest_tf.evaluation.metrics import roc_auc_columns, sigmoid
 from chest_tf.explain.checks import (
     best_threshold,
-    box_masks,
     bootstrap_mean,
+    box_masks,
     deletion_insertion,
     dilate,
     load_phantom_split,

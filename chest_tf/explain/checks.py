@@ -523,7 +523,7 @@ def deletion_insertion(predict, images, targets, orders, reference, steps: int =
     "deletion_auc", "insertion_auc": (B,)}."""
     images = np.asarray(images, np.float32)
     reference = np.asarray(reference, np.float32)
-    n, height, width, channels = images.shape
+    n, height, width, _ = images.shape
     pixels = height * width
     targets = np.asarray(targets, np.int64)
     counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int64)

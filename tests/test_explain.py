@@ -158,6 +158,26 @@ def test_rollout_matches_the_paper(pool):
     assert maps.shape == (3, SIZE, SIZE)
 
 
+def test_rollout_on_a_trained_vit_and_its_reloaded_file(tmp_path):
+    """The ViT trains through the fused attention; explain re-traces it with the scores, and the
+    maps of the trained model and of its reloaded .keras file agree."""
+    keras.utils.set_random_seed(4)
+    model = build_model("vit_tiny", (SIZE, SIZE, 1), 3, dim=16, depth=2, heads=2, patch_size=7, lsa=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (16, SIZE, SIZE, 1)).astype("float32")
+    y = (rng.uniform(size=(16, 3)) < 0.5).astype("float32")
+    losses = [float(model.train_on_batch(x, y)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    path = tmp_path / "vit.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    for method in ("rollout", "grad-rollout"):
+        trained, again = explain.explain(model, x[:4], 1, method), explain.explain(reloaded, x[:4], 1, method)
+        assert trained.shape == (4, SIZE, SIZE) and np.isfinite(trained).all()
+        np.testing.assert_allclose(trained, again, atol=1e-5)
+
+
 def test_gradient_rollout_is_class_specific(tiny_vit):
     images = np.random.default_rng(2).uniform(-1, 1, (4, SIZE, SIZE, 1)).astype("float32")
     explainer = explain.Explainer(tiny_vit)

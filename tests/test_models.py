@@ -254,6 +254,45 @@ def test_vit_attention_maps_are_retrievable(pool, lsa, tokens):
         vit_attention_model(small_model("resnet18"))
 
 
+def test_vit_computes_attention_fused_and_explain_retraces_it_with_scores(monkeypatch):
+    """Training and serving call keras.ops.dot_product_attention (the backend's fused kernel) and
+    keep no attention probabilities; vit_with_attention re-traces the same weights on the unfused
+    path and gives the same logits."""
+    from keras.src import ops as keras_src_ops  # what MultiHeadAttention calls
+
+    from chest_tf.models.vit import vit_with_attention
+
+    model = build_model("vit_tiny", SMALL, NUM_CLASSES, depth=2, lsa=True)
+    fused_calls = []
+    original = keras_src_ops.dot_product_attention
+    monkeypatch.setattr(keras_src_ops, "dot_product_attention",
+                        lambda *a, **k: fused_calls.append(1) or original(*a, **k))
+    x = images(2)
+    logits = keras.ops.convert_to_numpy(model(x, training=False))
+    assert len(fused_calls) == 2  # one per block
+    *scores, traced_logits = vit_with_attention(model)(x, training=False)
+    assert len(fused_calls) == 2  # the explain view does not take the fused path
+    assert [tuple(s.shape) for s in scores] == [(2, 3, 50, 50)] * 2
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(traced_logits), logits, atol=1e-5)
+    assert not any(isinstance(node_output, (list, tuple)) for node_output in
+                   (model.get_layer(f"encoder_block{i}_attn").output for i in (1, 2)))
+
+
+def test_vit_saved_with_attention_scores_in_its_graph_still_explains():
+    """Models saved before the attention was fused call it with return_attention_scores=True."""
+    from chest_tf.models.vit import vit_with_attention
+
+    inputs = keras.Input((4, 4, 1))
+    tokens = keras.layers.Reshape((16, 8))(keras.layers.Conv2D(8, 1)(inputs))
+    y, _ = keras.layers.MultiHeadAttention(2, key_dim=4, name="encoder_block1_attn")(
+        tokens, tokens, return_attention_scores=True)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(y)))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4, 1)).astype("float32")
+    scores, logits = vit_with_attention(model)(x)
+    assert tuple(scores.shape) == (2, 2, 16, 16)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parameter and FLOP counts against the reference implementations
 # ----------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from keras import ops
 
 from chest_tf.errors import ConfigError
 from chest_tf.models.registry import last_conv_layer_name
-from chest_tf.models.vit import vit_attention_layer_names, vit_attention_model
+from chest_tf.models.vit import vit_attention_layer_names, vit_with_attention
 from chest_tf.serving.signature import model_input_spec, preprocess
 
 CNN_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
@@ -205,11 +205,9 @@ class Explainer:
             features = [model.get_layer(name).output for name in self.layers]
             self._graph = keras.Model(model.inputs, [*features, model.outputs[0]], name=f"{model.name}_layercam")
         elif self.method in VIT_METHODS:
-            attention = vit_attention_model(model)
-            self._graph = keras.Model(model.inputs, [*attention.outputs, model.outputs[0]],
-                                      name=f"{model.name}_rollout")
+            self._graph = vit_with_attention(model)
             self.class_token = _has_class_token(model)
-            tokens = int(attention.outputs[0].shape[-1]) - int(self.class_token)
+            tokens = int(self._graph.outputs[0].shape[-1]) - int(self.class_token)
             patch = math.sqrt(self.height * self.width / tokens)
             self.grid = (round(self.height / patch), round(self.width / patch))
             if self.grid[0] * self.grid[1] != tokens:

@@ -13,8 +13,9 @@ def estimate_flops(model: keras.Model) -> int:
     total = 0
     for layer in model.layers:
         if isinstance(layer, layers.MultiHeadAttention):
-            output, scores = layer.output
-            heads, q_len, k_len = scores.shape[1:]
+            output = layer.output[0] if isinstance(layer.output, (list, tuple)) else layer.output
+            heads, q_len = layer.num_heads, output.shape[1]
+            k_len = q_len  # self-attention (the only kind built here)
             q_kernel = layer.query_dense.kernel.shape  # (in, heads, key_dim)
             k_kernel = layer.key_dense.kernel.shape
             v_kernel = layer.value_dense.kernel.shape

@@ -7,10 +7,13 @@ Layout (names in brackets):
   -> depth x pre-norm encoder block [encoder_block{i}_*] -> LayerNorm [encoder_norm]
   -> class token [cls_pool] or mean of tokens [avg_pool] -> Dense [predictions] (float32 logits).
 
-Attention maps for rollout: every block's attention layer ``encoder_block{i}_attn`` is called with
-``return_attention_scores=True``, so ``vit_attention_model(model)`` can expose the scores
-(B, heads, T, T) of all blocks, also on a reloaded .keras model. (This keeps the unfused attention
-path; at T <= 197 the cost is small.)
+Attention is fused: every block's attention layer ``encoder_block{i}_attn`` is called without
+``return_attention_scores``, so Keras computes it with ``keras.ops.dot_product_attention`` (the
+backend's fused kernel: cuDNN flash attention on JAX GPUs) and no (B, heads, T, T) probabilities
+are kept for training or serving. Explain asks for them: ``vit_with_attention(model)`` re-traces
+the same layers (shared weights) with ``return_attention_scores=True`` (the unfused path), so
+rollout and its gradients work on a trained model and on a reloaded .keras file alike. Models
+saved before the attention was fused (their graph asks for the scores) load and explain as before.
 
 Parameter count at 224 px, 3 channels, 1000 classes, patch 16, class token: ViT-B/16 86,567,656
 (the reference implementation's count).
@@ -90,14 +93,13 @@ def apply_encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_d
                         drop_path: float, lsa: bool, name: str):
     """Pre-norm transformer block: x + DropPath(MHA(LN(x))), then x + DropPath(MLP(LN(x))).
 
-    The attention layer ``{name}_attn`` returns its scores too (kept in the graph for rollout).
+    The attention layer ``{name}_attn`` is called without its scores (the fused path); explain
+    re-traces it with them (``vit_with_attention``).
     """
     dim = x.shape[-1]
     attention_cls = LocalitySelfAttention if lsa else layers.MultiHeadAttention
     y = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln1")(x)
-    y, _scores = attention_cls(
-        num_heads=heads, key_dim=dim // heads, dropout=attention_dropout, name=f"{name}_attn"
-    )(y, y, return_attention_scores=True)
+    y = attention_cls(num_heads=heads, key_dim=dim // heads, dropout=attention_dropout, name=f"{name}_attn")(y, y)
     y = layers.Dropout(dropout, name=f"{name}_attn_dropout")(y)
     y = DropPath(drop_path, name=f"{name}_drop_path1")(y)
     x = layers.Add(name=f"{name}_add1")([x, y])
@@ -205,14 +207,47 @@ def vit_attention_layer_names(model: keras.Model) -> list[str]:
     return names
 
 
+class AttentionWithScores(layers.Layer):
+    """Explain's view of a fused self-attention layer: calls it with ``return_attention_scores=True``
+    and shares its weights. A wrapper rather than a second call of the same layer, because a Keras
+    functional graph takes a layer's number of outputs from its first call. Never saved."""
+
+    def __init__(self, attention: layers.MultiHeadAttention, **kwargs):
+        super().__init__(name=f"{attention.name}_with_scores", dtype=attention.dtype_policy, **kwargs)
+        self.attention = attention
+
+    def call(self, query, value, **kwargs):
+        return self.attention(query, value, return_attention_scores=True, **kwargs)
+
+
+def vit_with_attention(model: keras.Model) -> keras.Model:
+    """A model sharing ``model``'s layers and weights that maps images to
+    ``[scores_block1, ..., scores_blockN, logits]``: each scores tensor (B, heads, T, T) with rows
+    summing to 1 (T includes the class token at index 0 when pool="cls"), and the logits computed
+    through those scores, so gradients with respect to them are defined (gradient-weighted
+    rollout). The attention layers are re-called with ``return_attention_scores=True``, the
+    unfused path; ``model`` itself keeps its fused graph."""
+    names = set(vit_attention_layer_names(model))
+    scores = []
+
+    def call_keeping_scores(layer, *args, **kwargs):
+        if layer.name not in names:
+            return layer(*args, **kwargs)
+        if kwargs.get("return_attention_scores"):  # a model saved before the attention was fused
+            outputs = layer(*args, **kwargs)
+            scores.append(outputs[1])
+            return outputs
+        output, probabilities = AttentionWithScores(layer)(*args, **kwargs)
+        scores.append(probabilities)
+        return output
+
+    traced = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call_keeping_scores)
+    return keras.Model(traced.inputs, [*scores, traced.outputs[0]], name=f"{model.name}_with_attention")
+
+
 def vit_attention_model(model: keras.Model) -> keras.Model:
     """A model sharing ``model``'s weights that maps images to a list with one attention-score
     tensor per block, each (B, heads, T, T) with rows summing to 1 (T includes the class token
     at index 0 when pool="cls"). Input for attention rollout."""
-    scores = []
-    for name in vit_attention_layer_names(model):
-        outputs = model.get_layer(name).output
-        if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
-            raise ValueError(f"layer {name!r} was not called with return_attention_scores=True")
-        scores.append(outputs[1])
-    return keras.Model(model.input, scores, name=f"{model.name}_attention")
+    traced = vit_with_attention(model)
+    return keras.Model(traced.inputs, traced.outputs[:-1], name=f"{model.name}_attention")

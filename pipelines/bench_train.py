@@ -6,7 +6,9 @@ Prints images/s for the real path (phantom records through the pipeline, augment
 the same fit fed one cached batch over and over; the gap is the share of step time spent waiting
 for input. Run the PyTorch peer in the same session and compare ratios (the machine is shared):
 
-    peer-venv/bin/python ../shared/tools/peer_resnet18_torch.py --size 28 --batch 128 --steps 20
+    peer-venv/bin/python ../shared/tools/peer_torch.py --arch resnet18 --size 28 --batch 128 --steps 20
+
+(pipelines/bench_peers.py does both, for every architecture, in one table.)
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -26,33 +27,11 @@ from chest_tf.config import parse_model_args  # noqa: E402
 from chest_tf.data.pipeline import load_dataset  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
 from chest_tf.training import fused_batchnorm  # noqa: E402
-
-
-class _StepTimer(keras.callbacks.Callback):
-    """Wall time of the steps after ``skip`` warm-up steps, up to the end of the last step.
-
-    Not up to the return of fit, which is not training time (and used to include a stall of
-    up to 60 s: tf.data's autotuning thread, now off for repeated pipelines, see
-    chest_tf/data/pipeline.py).
-    """
-
-    def __init__(self, skip: int):
-        super().__init__()
-        self.skip, self.started, self.ended, self.steps = skip, None, None, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == self.skip:
-            self.started = time.perf_counter()
-        elif batch + 1 > self.skip:
-            self.steps += 1
-            self.ended = time.perf_counter()
-
-    def seconds(self) -> float:
-        return self.ended - self.started
+from chest_tf.training.speed import StepTimer  # noqa: E402
 
 
 def images_per_second(model, dataset, steps: int, warmup: int, batch: int) -> float:
-    timer = _StepTimer(warmup)
+    timer = StepTimer(warmup, max_seconds=None)
     model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
     return timer.steps * batch / timer.seconds()
 

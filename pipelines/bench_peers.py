@@ -1,0 +1,133 @@
+"""Training speed beside a PyTorch peer, one table: every architecture at every size, chest_tf's
+end-to-end training images/s (the path of ``chest_tf.train``: phantom records through the tf.data
+pipeline, light augmentation on the model, fused BatchNorm, ``model.fit``; float32) and the
+peer's (``../shared/tools/peer_torch.py``: the same architecture in plain PyTorch, Adam, random
+tensors, no input pipeline), measured alternately in one session, with the ratio, both parameter
+counts (they must agree within 1%: the same configuration) and the analytic GFLOPs per image.
+
+    python3 -m venv ../peer-venv && ../peer-venv/bin/pip install torch==2.13.0 numpy
+    python pipelines/bench_peers.py --peer ../peer-venv/bin/python            # the README's table
+    python pipelines/bench_peers.py --peer ../peer-venv/bin/python --archs resnet18 --sizes 28
+
+Each measurement times at least ``--min-steps`` steps of batch ``--batch`` after 3 warm-up steps,
+and stops after ``--seconds``; the peer then times the same number of steps. The machine is
+shared and noisy: compare the ratios, which come from back-to-back runs, and read the load
+averages printed beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from chest_tf.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
+
+import keras  # noqa: E402
+
+from chest_tf.files import write_json_atomic  # noqa: E402
+from chest_tf.models.flops import estimate_flops  # noqa: E402
+from chest_tf.models.registry import build_model  # noqa: E402
+from chest_tf.training.runtime import resolve_runtime  # noqa: E402
+from chest_tf.training.speed import measure_training  # noqa: E402
+
+ARCHS = ("resnet18", "resnet50", "densenet121", "vit_tiny", "vit_small")
+PEER_SCRIPT = REPO.parent / "shared" / "tools" / "peer_torch.py"
+PEER_LINE = re.compile(r"params=(\d+) img/s ([\d.]+)")
+PARAMS_TOLERANCE = 0.01
+
+
+def run_peer(python: str, script: Path, arch: str, size: int, batch: int, steps: int) -> tuple[int, float]:
+    """(parameters, images/s) printed by the peer script."""
+    command = [python, str(script), "--arch", arch, "--size", str(size), "--batch", str(batch), "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    match = PEER_LINE.search(done.stdout)
+    if done.returncode or not match:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"peer failed ({' '.join(command)}): {tail[0]}")
+    return int(match.group(1)), float(match.group(2))
+
+
+def gflops(arch: str, size: int) -> float:
+    model = build_model(arch, (size, size, 1), 14)
+    flops = estimate_flops(model) / 1e9
+    keras.backend.clear_session()
+    return flops
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| arch | size | params (chest_tf / torch) | GFLOPs/img | chest_tf img/s | torch img/s | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['arch']} | {r['size']} | | | failed: {r['error']} | | |")
+            continue
+        mismatch = "" if abs(r["params"] / r["peer_params"] - 1) <= PARAMS_TOLERANCE else " (**differ**)"
+        lines.append(f"| {r['arch']} | {r['size']} | {r['params'] / 1e6:.2f} M / {r['peer_params'] / 1e6:.2f} M{mismatch} | "
+                     f"{r['gflops']:.3f} | {r['images_per_second']:.1f} | {r['peer_images_per_second']:.1f} | "
+                     f"**{r['ratio']:.2f}x** |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peer", required=True, help="the Python of the peer's virtual environment (has torch)")
+    parser.add_argument("--peer-script", type=Path, default=PEER_SCRIPT)
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[28, 64])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--min-steps", type=int, default=4)
+    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=25.0, help="stop timing chest_tf after this long")
+    parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA (auto: off on a CPU)")
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "chest_tf_bench"))
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    if not args.peer_script.is_file():
+        parser.error(f"no peer script at {args.peer_script}; pass --peer-script")
+    runtime = resolve_runtime("float32", args.jit, "none")
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"# bench_peers: {platform.machine()} {os.cpu_count()} cores, keras {keras.__version__} "
+          f"({keras.backend.backend()}), float32, XLA {'on' if runtime.jit_compile else 'off'}, batch {args.batch}, "
+          f"OMP_NUM_THREADS={threads}; load average at start {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for size in args.sizes:
+        for arch in args.archs:
+            row = {"arch": arch, "size": size, "load_before": os.getloadavg()[0]}
+            probe = measure_training(arch, runtime, size=size, batch_size=args.batch, steps=args.max_steps,
+                                     max_seconds=args.seconds, data_dir=args.data_dir)
+            if probe.error:
+                row["error"] = probe.error
+            else:
+                steps = max(args.min_steps, probe.steps)
+                try:
+                    peer_params, peer_speed = run_peer(args.peer, args.peer_script, arch, size, args.batch, steps)
+                except RuntimeError as exc:
+                    row["error"] = str(exc)
+                else:
+                    row.update(params=probe.params, peer_params=peer_params, gflops=gflops(arch, size),
+                               images_per_second=probe.images_per_second, steps=probe.steps,
+                               peer_images_per_second=peer_speed, peer_steps=steps,
+                               ratio=probe.images_per_second / peer_speed)
+            row["load_after"] = os.getloadavg()[0]
+            rows.append(row)
+            print(f"# {json.dumps(row)}", flush=True)
+    print(format_table(rows))
+    print(f"\nload average 1 min at the end: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        write_json_atomic(args.json, {"argv": sys.argv[1:], "rows": rows})
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

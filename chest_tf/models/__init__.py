@@ -5,7 +5,7 @@
     build_model("vit", ...)                                                    # alias: vit_small
 
 Modules: ``registry`` (ARCHS, families and aliases, ``build_model``, ``last_conv_layer_name``),
-``resnet``, ``densenet``, ``vit`` (``vit_attention_model`` for rollout), ``layers`` (the custom
+``resnet``, ``densenet``, ``vit`` (fused attention; ``vit_with_attention`` / ``vit_attention_model`` for rollout), ``layers`` (the custom
 layers, BatchNorm), ``transfer`` (ImageNet initialisation), ``flops`` (``estimate_flops``),
 ``bench`` (``python -m chest_tf.models bench``). Keras only: no TensorFlow import anywhere here.
 

@@ -16,10 +16,12 @@ from chest_tf.models.registry import build_model
 JIT_CHOICES = {"auto": "auto", "on": True, "off": False}
 
 
-def measure_training_speed(name, size, channels, classes, batch, steps, warmup, jit, max_seconds=None):
+def measure_training_speed(name, size, channels, classes, batch, steps, warmup, jit, max_seconds=None,
+                           model=None):
     """Images per second of ``model.train_on_batch`` (Adam, BCE on logits) on a fixed random
-    batch; returns (images/s, seconds per step, timed steps, resolved jit_compile)."""
-    model = build_model(name, (size, size, channels), classes)
+    batch; returns (images/s, seconds per step, timed steps, resolved jit_compile). ``model``:
+    time this model instead of building ``name``."""
+    model = model if model is not None else build_model(name, (size, size, channels), classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit)
     rng = np.random.default_rng(0)

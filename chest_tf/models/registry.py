@@ -182,7 +182,7 @@ def last_conv_layer_name(model: keras.Model) -> str:
         pass
     else:
         raise ValueError(f"{model.name} is a ViT and has no conv feature map; use "
-                         "chest_tf.models.vit_attention_model(model) for attention rollout")
+                         "chest_tf.models.vit.vit_attention_model(model) for attention rollout")
     for layer in reversed(model.layers):
         output = layer.output
         if not isinstance(output, (list, tuple)) and len(output.shape) == 4:

@@ -58,6 +58,8 @@ def test_bench_runs_on_a_handful_of_images(cnn_run, tmp_path):
             mean, lo, hi = r[key]
             assert 0.0 <= lo <= mean <= hi <= 1.0, (method, key, r[key])
         assert set(r["per_finding"]) <= set(phantom.LOCALISABLE)
+        detected = r["hit_rate_detected"]  # over the instances the model finds: a subset, so NaN only if none
+        assert (result["n_found"] == 0) == bool(np.isnan(detected[0]))
         checks = r["randomisation"]
         assert [step["randomized"] for step in checks["steps"]] == ["all (full re-initialisation)"]
         label = checks["label_randomisation"]

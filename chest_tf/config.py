@@ -103,7 +103,8 @@ class TrainConfig:
     augment: str = setting("light", "augmentation preset (chest_tf.augment.PRESETS)")
     mixup: float = setting(0.0, "alpha of per-image Beta(alpha, alpha) mixup in the training step; 0 = off")
     precision: str = setting("auto", "auto: mixed precision on GPUs, float32 on CPUs", choices=PRECISIONS)
-    jit: str = setting("auto", "XLA: auto (on for GPUs), on, off", choices=JIT_MODES)
+    jit: str = setting("auto", "XLA: auto (on for GPUs; on a CPU for ViTs only, as measured), on, off",
+                       choices=JIT_MODES)
     strategy: str = setting("auto", "auto: mirrored with more than one GPU", choices=STRATEGIES)
     seed: int = setting(0, "random seed (weights, data order, augmentation)")
     early_stopping: int = setting(0, "stop after PATIENCE epochs without a better val AUC; 0 = off",

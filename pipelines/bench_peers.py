@@ -2,8 +2,8 @@
 end-to-end training images/s (the path of ``chest_tf.train``: phantom records through the tf.data
 pipeline, light augmentation on the model, fused BatchNorm, ``model.fit``; float32) and the
 peer's (``../shared/tools/peer_torch.py``: the same architecture in plain PyTorch, Adam, random
-tensors, no input pipeline), measured alternately in one session, with the ratio, both parameter
-counts (they must agree within 1%: the same configuration) and the analytic GFLOPs per image.
+tensors, no input pipeline), measured alternately in one session, with the ratio, both trainable
+parameter counts (they must agree within 1%: the same configuration) and the analytic GFLOPs per image.
 
     python3 -m venv ../peer-venv && ../peer-venv/bin/pip install torch==2.13.0 numpy
     python pipelines/bench_peers.py --peer ../peer-venv/bin/python            # the README's table
@@ -66,15 +66,15 @@ def gflops(arch: str, size: int) -> float:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| arch | size | params (chest_tf / torch) | GFLOPs/img | chest_tf img/s | torch img/s | ratio |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| arch | size | trainable params (chest_tf / torch) | GFLOPs/img | XLA | chest_tf img/s | torch img/s | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['arch']} | {r['size']} | | | failed: {r['error']} | | |")
+            lines.append(f"| {r['arch']} | {r['size']} | | | | failed: {r['error']} | | |")
             continue
         mismatch = "" if abs(r["params"] / r["peer_params"] - 1) <= PARAMS_TOLERANCE else " (**differ**)"
         lines.append(f"| {r['arch']} | {r['size']} | {r['params'] / 1e6:.2f} M / {r['peer_params'] / 1e6:.2f} M{mismatch} | "
-                     f"{r['gflops']:.3f} | {r['images_per_second']:.1f} | {r['peer_images_per_second']:.1f} | "
+                     f"{r['gflops']:.3f} | {'on' if r['xla'] else 'off'} | {r['images_per_second']:.1f} | {r['peer_images_per_second']:.1f} | "
                      f"**{r['ratio']:.2f}x** |")
     return "\n".join(lines)
 
@@ -95,16 +95,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.peer_script.is_file():
         parser.error(f"no peer script at {args.peer_script}; pass --peer-script")
-    runtime = resolve_runtime("float32", args.jit, "none")
+    runtime = resolve_runtime("float32", "off", "none")  # for the header; each arch resolves its own XLA
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"# bench_peers: {platform.machine()} {os.cpu_count()} cores, keras {keras.__version__} "
-          f"({keras.backend.backend()}), float32, XLA {'on' if runtime.jit_compile else 'off'}, batch {args.batch}, "
+          f"({keras.backend.backend()}), {runtime.device}, float32, XLA {args.jit}, batch {args.batch}, "
           f"OMP_NUM_THREADS={threads}; load average at start {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for size in args.sizes:
         for arch in args.archs:
             row = {"arch": arch, "size": size, "load_before": os.getloadavg()[0]}
-            probe = measure_training(arch, runtime, size=size, batch_size=args.batch, steps=args.max_steps,
+            probe = measure_training(arch, resolve_runtime("float32", args.jit, "none", arch), size=size, batch_size=args.batch, steps=args.max_steps,
                                      max_seconds=args.seconds, data_dir=args.data_dir)
             if probe.error:
                 row["error"] = probe.error
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                 except RuntimeError as exc:
                     row["error"] = str(exc)
                 else:
-                    row.update(params=probe.params, peer_params=peer_params, gflops=gflops(arch, size),
+                    row.update(xla=probe.jit_compile, params=probe.params, peer_params=peer_params, gflops=gflops(arch, size),
                                images_per_second=probe.images_per_second, steps=probe.steps,
                                peer_images_per_second=peer_speed, peer_steps=steps,
                                ratio=probe.images_per_second / peer_speed)

@@ -33,12 +33,16 @@ def environment() -> dict:
     }
 
 
-def report(env: dict, runtime: Runtime, probes: list[Probe], batch_size: int, size: int) -> str:
-    """Markdown for a bug report."""
+def report(env: dict, runtimes: dict[str, Runtime], probes: list[Probe], batch_size: int, size: int) -> str:
+    """Markdown for a bug report (``runtimes``: what auto resolved to, per architecture)."""
+    runtime = next(iter(runtimes.values()))
+    xla = {arch: "on" if r.jit_compile else "off" for arch, r in runtimes.items()}
+    xla_text = (f"**{next(iter(xla.values()))}**" if len(set(xla.values())) == 1
+                else ", ".join(f"**{state}** for {arch}" for arch, state in xla.items()))
     lines = ["## chest_tf doctor", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value if not isinstance(value, list) else '; '.join(value) or 'none'} |"
               for key, value in env.items()]
-    lines += ["", f"`auto` resolves to: precision **{runtime.precision}**, XLA **{'on' if runtime.jit_compile else 'off'}**, "
+    lines += ["", f"`auto` resolves to: precision **{runtime.precision}**, XLA {xla_text}, "
                   f"strategy **{runtime.strategy}**, device **{runtime.device}**", "",
               f"Training steps on phantom {size} px, batch {batch_size}, light augmentation, the resolved settings:", "",
               "| arch | images/s | s/step | timed steps | XLA in effect | warnings |", "|---|---|---|---|---|---|"]
@@ -56,7 +60,7 @@ def run_doctor(archs=DEFAULT_ARCHS, *, steps: int = 30, batch_size: int = 32, si
                data_dir: str | None = None, overrides: dict | None = None, precision: str = "auto",
                jit: str = "auto") -> tuple[str, list[Probe]]:
     env = environment()
-    runtime = resolve_runtime(precision, jit, "none")
-    probes = [measure_training(arch, runtime, steps=steps, batch_size=batch_size, size=size, data_dir=data_dir,
-                               overrides=(overrides or {}).get(resolve_arch(arch))) for arch in archs]
-    return report(env, runtime, probes, batch_size, size), probes
+    runtimes = {resolve_arch(arch): resolve_runtime(precision, jit, "none", arch) for arch in archs}
+    probes = [measure_training(arch, runtimes[arch], steps=steps, batch_size=batch_size, size=size, data_dir=data_dir,
+                               overrides=(overrides or {}).get(arch)) for arch in runtimes]
+    return report(env, runtimes, probes, batch_size, size), probes

@@ -206,7 +206,7 @@ def train(
     lock = lock_run_dir(run_dir)
     try:
         resuming = prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-        runtime = resolve_runtime(config.train.precision, config.train.jit, config.train.strategy)
+        runtime = resolve_runtime(config.train.precision, config.train.jit, config.train.strategy, config.model.arch)
         print(f"{'resuming' if resuming else 'starting'} {run_dir}: {config.model.arch} on {info.name} "
               f"{config.data.size} px | {config.train.epochs} epochs, batch {config.train.batch_size}, "
               f"lr {config.train.lr:g}, augment {config.train.augment} | device {runtime.device} | "

@@ -9,6 +9,7 @@ time spent after training (``fit``'s return) either."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ class Probe:
     images_per_second: float | None = None
     seconds_per_step: float | None = None
     steps: int = 0
-    params: int | None = None
+    params: int | None = None          # trainable parameters
     jit_compile: bool | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -93,7 +94,8 @@ def measure_training(arch: str, runtime: Runtime, *, size: int = 28, batch_size:
             fused_batchnorm.install()
             keras.utils.set_random_seed(0)
             classifier = build_model(probe.arch, handle.image_shape, handle.info.num_outputs, **(overrides or {}))
-            probe.params = classifier.count_params()
+            # trainable only, as torch counts parameters (BatchNorm's moving statistics are buffers there)
+            probe.params = int(sum(math.prod(w.shape) for w in classifier.trainable_weights))
             model = augment_lib.attach_augmentation(classifier, augment_lib.build_augmentation(augment, seed=0))
             positives, total = handle.positive_counts("train")
             model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=runtime.jit_compile,
@@ -101,7 +103,8 @@ def measure_training(arch: str, runtime: Runtime, *, size: int = 28, batch_size:
             batches = handle.batches("train", batch_size, training=True, seed=0, drop_remainder=True,
                                      repeat=True, deterministic=False)
             timer = StepTimer(max(1, warmup), max_seconds)
-            model.fit(batches, epochs=1, steps_per_epoch=max(1, warmup) + steps, callbacks=[timer], verbose=0)
+            model.fit(batches, epochs=1, steps_per_epoch=max(1, warmup) + steps, callbacks=[timer], verbose=0,
+                      shuffle=False)  # the pipeline shuffles
         probe.steps = timer.steps
         elapsed = timer.seconds()
         probe.seconds_per_step = elapsed / timer.steps

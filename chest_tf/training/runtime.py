@@ -9,10 +9,11 @@ import tensorflow as tf
 from chest_tf.models.registry import arch_family
 
 # Families trained with XLA on a CPU under jit="auto". Measured on 2 cores, batch 128, float32,
-# 28 px (README, "Speed"): XLA speeds the ViTs' train step up (vit_tiny 77.7 -> 84.1 img/s,
-# vit_small 24.1 -> 29.6: it fuses LayerNorm, GELU, softmax and the optimizer's element-wise
-# ops, which run one Eigen kernel each without it) and slows the CNNs down (densenet121
-# 37.6 -> 14.7, resnet18 86.6 -> 58.7: XLA's CPU convolutions are not oneDNN's).
+# 28 px with `python -m chest_tf.doctor --batch-size 128 --jit off|on` (README, "Speed beside
+# PyTorch"): XLA speeds the ViTs' train step up (vit_tiny 77.7 -> 84.1 img/s, vit_small
+# 24.1 -> 29.6: it fuses LayerNorm, GELU, softmax and the optimizer's element-wise ops, which
+# run one Eigen kernel each without it) and slows the CNNs down (densenet121 37.6 -> 14.7;
+# resnet18 86.6 -> 58.7 with pipelines/bench_train.py: XLA's CPU convolutions are not oneDNN's).
 CPU_XLA_FAMILIES = frozenset({"vit"})
 
 

@@ -35,7 +35,7 @@ ARCHS = ("resnet18", "resnet50", "densenet121", "vit_tiny", "vit_small")
 def unfused(model: keras.Model) -> keras.Model:
     """The same ViT (shared weights) with the attention probabilities materialised."""
     traced = vit_with_attention(model)
-    return keras.Model(traced.inputs, traced.outputs[-1], name=f"{model.name}_unfused")
+    return keras.Model(traced.input, traced.outputs[-1], name=f"{model.name}_unfused")
 
 
 def main(argv=None) -> int:

@@ -26,5 +26,6 @@ def test_doctor_command_prints_the_report(tmp_path):
     phantom.write_phantom(tmp_path / "phantom.npz", size=28, counts={"train": 64, "val": 16, "test": 16}, seed=0)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["--archs", "vit_tiny", "--steps", "1", "--batch-size", "4", "--data-dir", str(tmp_path)]) == 0
+        assert main(["--archs", "vit_tiny", "--steps", "1", "--batch-size", "4", "--jit", "off",
+                     "--data-dir", str(tmp_path)]) == 0
     assert out.getvalue().startswith("## chest_tf doctor") and "| vit_tiny | " in out.getvalue()

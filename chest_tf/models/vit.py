@@ -242,7 +242,7 @@ def vit_with_attention(model: keras.Model) -> keras.Model:
         return output
 
     traced = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call_keeping_scores)
-    return keras.Model(traced.inputs, [*scores, traced.outputs[0]], name=f"{model.name}_with_attention")
+    return keras.Model(traced.input, [*scores, traced.outputs[0]], name=f"{model.name}_with_attention")
 
 
 def vit_attention_model(model: keras.Model) -> keras.Model:
@@ -250,4 +250,4 @@ def vit_attention_model(model: keras.Model) -> keras.Model:
     tensor per block, each (B, heads, T, T) with rows summing to 1 (T includes the class token
     at index 0 when pool="cls"). Input for attention rollout."""
     traced = vit_with_attention(model)
-    return keras.Model(traced.inputs, traced.outputs[:-1], name=f"{model.name}_attention")
+    return keras.Model(traced.input, traced.outputs[:-1], name=f"{model.name}_attention")

@@ -112,6 +112,15 @@ def test_command_line_and_one_line_errors(cnn_run, tmp_path, capsys):
     assert (out / "report.md").is_file() and (out / "examples_layercam.png").is_file()
     assert run_cli(explain_command.main, ["bench", str(cnn_run), "--methods", "rollout"]) == 2
     assert run_cli(explain_command.main, ["bench", str(cnn_run), "--methods", "lime"]) == 2
+    assert run_cli(explain_command.main, ["bench", str(cnn_run), "--occlusion-window", "0"]) == 2
+    assert "--occlusion-window must be at least 1" in capsys.readouterr().err
+    status = run_cli(explain_command.main, ["bench", str(cnn_run), "--methods", "occlusion", "--occlusion-window", "5",
+                                            "--occlusion-stride", "3", "--bootstrap", "20", "--steps", "2",
+                                            "--faithfulness", "4", "--sanity", "2", "--val-images", "4",
+                                            "--no-cascade", "--max-images", "4", "--out", str(tmp_path / "occ")])
+    assert status == 0
+    saved = json.loads((tmp_path / "occ" / "bench.json").read_text())
+    assert saved["settings"]["options"] == {"occlusion": {"window": 5, "stride": 3}}
     v1 = tmp_path / "v1run"
     v1.mkdir()
     (v1 / "best.keras").write_bytes(b"")

@@ -98,6 +98,8 @@ def build_bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
     parser.add_argument("--sanity", type=int, default=32, metavar="N", help="instances for the randomisation checks")
     parser.add_argument("--no-cascade", action="store_true", help="randomisation: full re-initialisation only")
+    parser.add_argument("--occlusion-window", type=int, metavar="PX", help="occlusion's window (default size/7)")
+    parser.add_argument("--occlusion-stride", type=int, metavar="PX", help="occlusion's stride (default window/2)")
     parser.add_argument("--out", help=f"report folder (default RUN_DIR/{REPORT_DIR}; one run only)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -111,8 +113,12 @@ def bench_main(argv: list[str]) -> int:
                         ("--faithfulness", args.faithfulness), ("--sanity", args.sanity)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
-    if args.max_images is not None and args.max_images < 1:
-        raise ConfigError(f"--max-images must be at least 1, got {args.max_images}")
+    for name, value in (("--max-images", args.max_images), ("--occlusion-window", args.occlusion_window),
+                        ("--occlusion-stride", args.occlusion_stride)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    occlusion = {key: value for key, value in (("window", args.occlusion_window), ("stride", args.occlusion_stride))
+                 if value is not None}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     for method in methods or []:
         if method not in METHODS:
@@ -120,7 +126,8 @@ def bench_main(argv: list[str]) -> int:
     settings = BenchSettings(methods=methods, max_images=args.max_images, val_images=args.val_images,
                              tolerance=args.tolerance, bootstrap=args.bootstrap, steps=args.steps,
                              faithfulness=args.faithfulness, sanity=args.sanity, cascade=not args.no_cascade,
-                             label_random=args.label_random, seed=args.seed)
+                             label_random=args.label_random, seed=args.seed,
+                             options={"occlusion": occlusion} if occlusion else {})
     command = "python -m chest_tf.explain bench " + shlex.join(argv)
     for run in args.runs:
         result = run_bench(run, settings, log=lambda line: print(line, file=sys.stderr, flush=True))

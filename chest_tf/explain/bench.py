@@ -332,6 +332,11 @@ def _shortcut_analysis(model, methods, test: Split, val: Split, settings: BenchS
 # ----------------------------------------------------------------------------------------------
 # Tables and the report
 # ----------------------------------------------------------------------------------------------
+def _times(value: float, baseline: float) -> str:
+    """"2.4x", or "n/a x" when the baseline is 0 or undefined (a handful of images)."""
+    return f"{value / baseline:.1f}x" if baseline and np.isfinite(baseline) else "n/a x"
+
+
 def _fmt(ci, digits: int = 3) -> str:
     if ci is None:
         return "-"
@@ -383,8 +388,8 @@ def format_tables(result: dict) -> str:
     prior = b["prior"]["hit_rate"][0]
     r = result["methods"][best]
     lowest = min(result["methods"], key=lambda m: result["methods"][m]["deletion_auc"][0])
-    lines += ["", f"Best pointing game: {r['title']} {r['hit_rate'][0]:.3f} = {r['hit_rate'][0] / prior:.1f}x the "
-              f"image-blind prior ({prior:.3f}) and {r['hit_rate'][0] / b['uniform_image']['hit_rate'][0]:.1f}x a "
+    lines += ["", f"Best pointing game: {r['title']} {r['hit_rate'][0]:.3f} = {_times(r['hit_rate'][0], prior)} the "
+              f"image-blind prior ({prior:.3f}) and {_times(r['hit_rate'][0], b['uniform_image']['hit_rate'][0])} a "
               f"uniform random point ({b['uniform_image']['hit_rate'][0]:.3f}). Lowest deletion AUC: "
               f"{result['methods'][lowest]['title']} {result['methods'][lowest]['deletion_auc'][0]:.3f}, "
               f"{100 * (1 - result['methods'][lowest]['deletion_vs_random']):.0f}% below random-order deletion "

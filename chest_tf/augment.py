@@ -600,7 +600,8 @@ class TrainingModel(keras.Model):
     augments the mixed images, computes the loss against the mixed labels and applies the
     gradients (loss scaling, distribution and metrics unchanged). Evaluation and prediction never
     mix. The mixup seed state is a seed generator of the model; Keras' weight files leave it out,
-    so the training backup (``chest_tf.training.backup.RunBackup``) saves and restores it. TensorFlow and PyTorch backends (``train_step(data)``); JAX's stateless
+    so the training backup (``chest_tf.training.backup.RunBackup``) saves and restores it.
+    TensorFlow and PyTorch backends (``train_step(data)``); JAX's stateless
     ``train_step(state, data)`` would need the seed threaded through ``state``, not done here.
     """
 
@@ -639,8 +640,8 @@ def attach_augmentation(model: keras.Model, augment: ChestAugment | None,
     save and export ``model`` itself, which has been trained through the shared weights and
     holds no augmentation. The wrapper's variables are ``model``'s plus the augmentation's and
     mixup's seed state (saved by ``chest_tf.training.backup.RunBackup``, not by Keras' weight
-    files), so a resumed run continues the random stream. Use ``strip_augmentation`` to get ``model`` back from a saved wrapper. With
-    ``augment=None`` and no mixup the model is returned unchanged.
+    files), so a resumed run continues the random stream. Use ``strip_augmentation`` to get
+    ``model`` back from a saved wrapper. With ``augment=None`` and no mixup the model is returned unchanged.
     """
     if augment is None and not mixup_alpha:
         return model

@@ -36,8 +36,6 @@ quiet_tensorflow()
 import keras  # noqa: E402
 
 from chest_tf.files import write_json_atomic  # noqa: E402
-from chest_tf.models.flops import estimate_flops  # noqa: E402
-from chest_tf.models.registry import build_model  # noqa: E402
 from chest_tf.training.runtime import resolve_runtime  # noqa: E402
 from chest_tf.training.speed import measure_training  # noqa: E402
 
@@ -56,13 +54,6 @@ def run_peer(python: str, script: Path, arch: str, size: int, batch: int, steps:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"peer failed ({' '.join(command)}): {tail[0]}")
     return int(match.group(1)), float(match.group(2))
-
-
-def gflops(arch: str, size: int) -> float:
-    model = build_model(arch, (size, size, 1), 14)
-    flops = estimate_flops(model) / 1e9
-    keras.backend.clear_session()
-    return flops
 
 
 def format_table(rows: list[dict]) -> str:
@@ -115,7 +106,7 @@ def main(argv=None) -> int:
                 except RuntimeError as exc:
                     row["error"] = str(exc)
                 else:
-                    row.update(xla=probe.jit_compile, params=probe.params, peer_params=peer_params, gflops=gflops(arch, size),
+                    row.update(xla=probe.jit_compile, params=probe.params, peer_params=peer_params, gflops=probe.gflops,
                                images_per_second=probe.images_per_second, steps=probe.steps,
                                peer_images_per_second=peer_speed, peer_steps=steps,
                                ratio=probe.images_per_second / peer_speed)

@@ -15,6 +15,7 @@ def test_doctor_reports_versions_settings_and_speed(tmp_path):
                               overrides={"resnet18": {"width": 8}, "vit_tiny": {"dim": 32, "depth": 1, "heads": 2}})
     assert [p.arch for p in probes] == ["resnet18", "vit_tiny"]
     assert all(p.error is None and p.images_per_second > 0 and p.steps == 2 for p in probes)
+    assert all(p.params > 0 and p.gflops > 0 for p in probes)
     # on a CPU, auto trains ViTs with XLA and CNNs without (measured; training/runtime.py)
     assert "| tensorflow | " in text
     assert "`auto` resolves to: precision **float32**, XLA **off** for resnet18, **on** for vit_tiny" in text

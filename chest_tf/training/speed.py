@@ -19,6 +19,7 @@ import keras
 from chest_tf import augment as augment_lib
 from chest_tf import losses as losses_lib
 from chest_tf.data.pipeline import load_dataset
+from chest_tf.models.flops import estimate_flops
 from chest_tf.models.registry import build_model, resolve_arch
 from chest_tf.training import fused_batchnorm
 from chest_tf.training.runtime import Runtime
@@ -34,6 +35,7 @@ class Probe:
     seconds_per_step: float | None = None
     steps: int = 0
     params: int | None = None          # trainable parameters
+    gflops: float | None = None        # analytic, one image, forward (models.flops)
     jit_compile: bool | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -96,6 +98,7 @@ def measure_training(arch: str, runtime: Runtime, *, size: int = 28, batch_size:
             classifier = build_model(probe.arch, handle.image_shape, handle.info.num_outputs, **(overrides or {}))
             # trainable only, as torch counts parameters (BatchNorm's moving statistics are buffers there)
             probe.params = int(sum(math.prod(w.shape) for w in classifier.trainable_weights))
+            probe.gflops = estimate_flops(classifier) / 1e9
             model = augment_lib.attach_augmentation(classifier, augment_lib.build_augmentation(augment, seed=0))
             positives, total = handle.positive_counts("train")
             model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=runtime.jit_compile,

@@ -1,6 +1,7 @@
 """Training throughput, end to end: tf.data pipeline -> on-device augmentation -> model.fit step.
 
     python pipelines/bench_train.py --arch resnet18 --size 28 --batch 128 --steps 30 --jit off --batchnorm both
+    python pipelines/bench_train.py --arch resnet18 --size 64 --batch 128 --steps 30 --jit off --small-map-conv both
 
 Prints images/s for the real path (phantom records through the pipeline, augmentation on) and for
 the same fit fed one cached batch over and over; the gap is the share of step time spent waiting
@@ -13,6 +14,7 @@ for input. Run the PyTorch peer in the same session and compare ratios (the mach
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -26,7 +28,7 @@ from chest_tf import augment as augment_lib  # noqa: E402
 from chest_tf.config import parse_model_args  # noqa: E402
 from chest_tf.data.pipeline import load_dataset  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
-from chest_tf.training import fused_batchnorm  # noqa: E402
+from chest_tf.training import fused_batchnorm, small_map_conv  # noqa: E402
 from chest_tf.training.speed import StepTimer  # noqa: E402
 
 
@@ -56,6 +58,9 @@ def main() -> int:
     parser.add_argument("--jit", choices=["on", "off", "both"], default="both")
     parser.add_argument("--batchnorm", choices=["fused", "keras", "both"], default="fused",
                         help="BatchNorm training kernel: TF's fused one (what chest_tf.train uses) or Keras' ops")
+    parser.add_argument("--small-map-conv", choices=["dense", "keras", "both"], default="dense",
+                        help="convolutions on <= 2x2 maps: one matrix product (what chest_tf.train uses on a CPU)"
+                             " or Keras' convolution")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "chest_tf_bench"))
     parser.add_argument("--model-arg", action="append", default=[], help="KEY=VALUE builder override, e.g. width=32")
     args = parser.parse_args()
@@ -67,19 +72,19 @@ def main() -> int:
     constant = real.take(1).cache().repeat()
     print(f"{args.arch} {args.model_arg or ''} size={args.size} batch={args.batch} augment={args.augment} "
           f"float32 threads={tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count()}")
-    for batchnorm in (["fused", "keras"] if args.batchnorm == "both" else [args.batchnorm]):
-        if batchnorm == "fused":
-            fused_batchnorm.install()
-        else:
-            fused_batchnorm.uninstall()
+    batchnorms = ["fused", "keras"] if args.batchnorm == "both" else [args.batchnorm]
+    convs = ["dense", "keras"] if args.small_map_conv == "both" else [args.small_map_conv]
+    for batchnorm, conv in itertools.product(batchnorms, convs):
+        fused_batchnorm.install() if batchnorm == "fused" else fused_batchnorm.uninstall()
+        small_map_conv.install() if conv == "dense" else small_map_conv.uninstall()
         for jit in ([True, False] if args.jit == "both" else [args.jit == "on"]):
             model = make_model(args, handle, jit)
             through_pipeline = images_per_second(model, real, args.steps, args.warmup, args.batch)
             one_batch = images_per_second(model, constant, args.steps, args.warmup, args.batch)
             waiting = max(0.0, 1.0 - through_pipeline / one_batch)
-            print(f"  BatchNorm {batchnorm:5s} XLA {'on ' if jit else 'off'}: {through_pipeline:7.1f} img/s end to end"
-                  f" | {one_batch:7.1f} img/s on one cached batch | input wait {waiting:.0%} of step time"
-                  f" | model.jit_compile={model.jit_compile}")
+            print(f"  BatchNorm {batchnorm:5s} small-map conv {conv:5s} XLA {'on ' if jit else 'off'}:"
+                  f" {through_pipeline:7.1f} img/s end to end | {one_batch:7.1f} img/s on one cached batch"
+                  f" | input wait {waiting:.0%} of step time | model.jit_compile={model.jit_compile}")
     return 0
 
 

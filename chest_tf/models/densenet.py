@@ -15,6 +15,7 @@ from keras import layers
 
 from chest_tf.models.layers import (
     BatchNorm,
+    Conv2D,
     ImageNetInput,
     apply_classifier_head,
     apply_stem,
@@ -44,9 +45,9 @@ def apply_bn_relu(x, name: str):
 def apply_dense_layer(x, growth_rate: int, name: str):
     """BN-ReLU-1x1 conv (4k) -> BN-ReLU-3x3 conv (k), concatenated onto the input (+k channels)."""
     y = apply_bn_relu(x, f"{name}_0")
-    y = layers.Conv2D(BOTTLENECK_WIDTH * growth_rate, 1, use_bias=False, name=f"{name}_1_conv")(y)
+    y = Conv2D(BOTTLENECK_WIDTH * growth_rate, 1, use_bias=False, name=f"{name}_1_conv")(y)
     y = apply_bn_relu(y, f"{name}_1")
-    y = layers.Conv2D(growth_rate, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
+    y = Conv2D(growth_rate, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 
 
@@ -61,7 +62,7 @@ def apply_transition(x, compression: float, name: str):
     """BN-ReLU-1x1 conv keeping ``compression`` of the channels, then 2x2 average pool (/2)."""
     x = apply_bn_relu(x, name)
     filters = int(x.shape[-1] * compression)
-    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
+    x = Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
     return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 

@@ -39,6 +39,21 @@ def register_fused_batchnorm(backend: str, kernel) -> None:
         _FUSED_BATCHNORM_TRAINING[backend] = kernel
 
 
+# backend name -> fn(layer, inputs, kernel) -> outputs, or None to decline: a convolution kernel for
+# the shapes where the backend's own is slow (chest_tf.training.small_map_conv for TensorFlow on a
+# CPU plugs one in); see Conv2D.
+_CONV_KERNELS = {}
+
+
+def register_conv_kernel(backend: str, kernel) -> None:
+    """Offer ``kernel(layer, inputs, kernel_weights)`` to every chest_tf Conv2D on ``backend``
+    (None removes). The kernel returns None for the shapes it does not handle."""
+    if kernel is None:
+        _CONV_KERNELS.pop(backend, None)
+    else:
+        _CONV_KERNELS[backend] = kernel
+
+
 # ----------------------------------------------------------------------------------------------
 # Argument checks shared by the builders
 # ----------------------------------------------------------------------------------------------
@@ -92,9 +107,9 @@ def apply_stem(x, stem: str, filters: int = 64, pool_name: str = "pool1_pool"):
     """
     if stem == "imagenet":
         x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-        x = layers.Conv2D(filters, 7, strides=2, use_bias=False, name="conv1_conv")(x)
+        x = Conv2D(filters, 7, strides=2, use_bias=False, name="conv1_conv")(x)
     else:
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name="conv1_conv")(x)
+        x = Conv2D(filters, 3, padding="same", use_bias=False, name="conv1_conv")(x)
     x = BatchNorm(name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     if stem == "imagenet":
@@ -200,6 +215,24 @@ class BatchNorm(layers.BatchNormalization):
         if kernel is None:
             return super().call(inputs, training=training, mask=mask)
         return kernel(self, inputs)
+
+
+@_serializable(package="chest_tf")
+class Conv2D(layers.Conv2D):
+    """keras.layers.Conv2D with one hook: on a backend that registered a convolution kernel
+    (``register_conv_kernel``), the kernel may compute the convolution instead, for the shapes it
+    is faster on.
+
+    Why: TensorFlow's oneDNN convolution is 4x slower on 2x2 maps than the same arithmetic as one
+    matrix product (the last stage of the CNNs at 64 px; chest_tf.training.small_map_conv). The
+    layer itself stays keras.ops-only: without a registered kernel it is exactly the Keras layer,
+    and its weights and outputs are the same either way.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        plugged = _CONV_KERNELS.get(keras.backend.backend())
+        outputs = None if plugged is None else plugged(self, inputs, kernel)
+        return super().convolution_op(inputs, kernel) if outputs is None else outputs
 
 
 @_serializable(package="chest_tf")

@@ -19,6 +19,7 @@ from keras import layers
 
 from chest_tf.models.layers import (
     BatchNorm,
+    Conv2D,
     ImageNetInput,
     apply_classifier_head,
     apply_stem,
@@ -46,7 +47,7 @@ STRIDE_PLACEMENTS = ("conv3x3", "conv1x1")
 
 def apply_conv_bn(x, filters: int, kernel_size: int, stride: int, name: str, relu: bool = True):
     """Conv (no bias) -> BatchNorm (-> ReLU), named ``{name}_conv``, ``{name}_bn``, ``{name}_relu``."""
-    x = layers.Conv2D(
+    x = Conv2D(
         filters, kernel_size, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
     x = BatchNorm(name=f"{name}_bn")(x)

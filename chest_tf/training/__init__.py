@@ -1,8 +1,8 @@
 """The training engine: ``train(config, run_dir)`` runs model.fit with XLA, mixed precision,
 on-device augmentation, exact validation, checkpoints and resume (engine.py); the state a run
 resumes from and stopping on SIGTERM/SIGINT (backup.py); what ``auto`` resolves to (runtime.py);
-optimiser and schedule (optimizer.py); callbacks (callbacks.py); TF's fused BatchNorm kernel
-(fused_batchnorm.py)."""
+optimiser and schedule (optimizer.py); callbacks (callbacks.py); the TF kernels plugged into the
+models (kernels.py: fused BatchNorm, small-map convolutions); the speed probe (speed.py)."""
 
 from chest_tf.training.engine import (
     TrainResult,

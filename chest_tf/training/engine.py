@@ -49,7 +49,7 @@ from chest_tf.files import write_json_atomic, write_problem, write_text_atomic
 from chest_tf.locks import RUN_LOCK, FileLock
 from chest_tf.models.registry import build_model
 from chest_tf.runs import FINISHED_MARKER, load_keras_model, saved_config_differences
-from chest_tf.training import fused_batchnorm
+from chest_tf.training import kernels
 from chest_tf.training.backup import BACKUP_DIR, RunBackup, SignalCatcher, describe_state, interrupted
 from chest_tf.training.callbacks import build_callbacks, training_auc_metric
 from chest_tf.training.optimizer import build_optimizer
@@ -266,7 +266,7 @@ def _fit(config, run_dir, runtime, resuming, evaluate, verbose, backup_every_ste
         train.loss, handle.info.task, positives, total,
         label_smoothing=train.label_smoothing, focal_gamma=train.focal_gamma,
     )
-    fused_batchnorm.install()  # one TF kernel per BatchNorm in training (see fused_batchnorm.py)
+    kernels.install()  # TF's fused BatchNorm; tiny-map convolutions on a CPU (see kernels.py)
     strategy = distribution_strategy(runtime)
     signals = SignalCatcher()
     backup = RunBackup(run_dir / BACKUP_DIR, steps, train.epochs, every_steps=backup_every_steps, signals=signals)

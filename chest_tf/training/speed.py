@@ -1,6 +1,6 @@
 """Training throughput on the real path, as ``chest_tf.train`` runs it: phantom TFRecords through
-the tf.data pipeline, augmentation attached to the model, the fused BatchNorm kernel, BCE on
-logits, ``model.fit`` with the resolved precision and XLA. Used by ``python -m chest_tf.doctor``
+the tf.data pipeline, augmentation attached to the model, the TF kernels train plugs in
+(training/kernels.py), BCE on logits, ``model.fit`` with the resolved precision and XLA. Used by ``python -m chest_tf.doctor``
 and by ``pipelines/bench_peers.py`` (the speed table beside the PyTorch peers).
 
 Warm-up steps (tracing, compilation, the pipeline filling its buffers) are not timed; the clock
@@ -21,7 +21,7 @@ from chest_tf import losses as losses_lib
 from chest_tf.data.pipeline import load_dataset
 from chest_tf.models.flops import estimate_flops
 from chest_tf.models.registry import build_model, resolve_arch
-from chest_tf.training import fused_batchnorm
+from chest_tf.training import kernels
 from chest_tf.training.runtime import Runtime
 
 
@@ -93,7 +93,7 @@ def measure_training(arch: str, runtime: Runtime, *, size: int = 28, batch_size:
             warnings.simplefilter("always")
             handle = load_dataset("phantom", size, data_dir=data_dir, verbose=False)
             keras.mixed_precision.set_global_policy(runtime.precision)
-            fused_batchnorm.install()
+            kernels.install()
             keras.utils.set_random_seed(0)
             classifier = build_model(probe.arch, handle.image_shape, handle.info.num_outputs, **(overrides or {}))
             # trainable only, as torch counts parameters (BatchNorm's moving statistics are buffers there)

@@ -18,6 +18,7 @@ def test_doctor_reports_versions_settings_and_speed(tmp_path):
     assert all(p.params > 0 and p.gflops > 0 for p in probes)
     # on a CPU, auto trains ViTs with XLA and CNNs without (measured; training/runtime.py)
     assert "| tensorflow | " in text
+    assert "| kernels | fused_batchnorm_training; small_map_conv |" in text  # a CPU: both plugged in
     assert "`auto` resolves to: precision **float32**, XLA **off** for resnet18, **on** for vit_tiny" in text
     assert [p.jit_compile for p in probes] == [False, True]
     assert "| resnet18 | " in text and "| vit_tiny | " in text

@@ -54,6 +54,12 @@ def register_conv_kernel(backend: str, kernel) -> None:
         _CONV_KERNELS[backend] = kernel
 
 
+def registered_kernels(backend: str) -> list[str]:
+    """Names of the kernels registered for ``backend`` (what the layers may run instead of Keras')."""
+    plugged = (_FUSED_BATCHNORM_TRAINING.get(backend), _CONV_KERNELS.get(backend))
+    return [kernel.__name__ for kernel in plugged if kernel is not None]
+
+
 # ----------------------------------------------------------------------------------------------
 # Argument checks shared by the builders
 # ----------------------------------------------------------------------------------------------

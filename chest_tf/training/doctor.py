@@ -14,7 +14,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import chest_tf
+from chest_tf.models.layers import registered_kernels
 from chest_tf.models.registry import resolve_arch
+from chest_tf.training import kernels
 from chest_tf.training.runtime import Runtime, resolve_runtime
 from chest_tf.training.speed import Probe, measure_training
 
@@ -22,7 +24,8 @@ DEFAULT_ARCHS = ("resnet18", "vit_small")
 
 
 def environment() -> dict:
-    """Versions and devices."""
+    """Versions, devices and the kernels train plugs into the models here."""
+    kernels.install()  # as train does (idempotent), so the report names what a training run gets
     build = tf.sysconfig.get_build_info()
     return {
         "chest_tf": chest_tf.__version__, "python": platform.python_version(), "platform": platform.platform(),
@@ -30,6 +33,7 @@ def environment() -> dict:
         "keras_backend": keras.backend.backend(), "tensorflow_datasets": tfds.__version__, "numpy": np.__version__,
         "cuda_build": build.get("cuda_version", "none (CPU build)"), "cudnn_build": build.get("cudnn_version", "none"),
         "devices": [f"{d.device_type}: {d.name}" for d in tf.config.list_physical_devices()],
+        "kernels": registered_kernels(keras.backend.backend()),
     }
 
 

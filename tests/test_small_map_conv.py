@@ -115,3 +115,26 @@ def test_a_resnet_with_tiny_last_stages_trains_and_reloads_the_same(plugged, tmp
     reloaded = keras.saving.load_model(path, safe_mode=True)
     assert isinstance(reloaded.get_layer("conv5_block2_2_conv"), Conv2D)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), plugged_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy,jit", [("float32", True), ("mixed_bfloat16", False)])
+def test_resnet_at_64px_trains_under_xla_and_in_bfloat16(plugged, policy, jit):
+    """`--jit on` compiles both rewrites with XLA; under bfloat16 the dense form runs and Winograd
+    steps aside (float32 only), and the logits stay those of Keras' convolution."""
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model("resnet18", (64, 64, 1), 3, width=64)
+        x = np.random.default_rng(2).normal(size=(4, 64, 64, 1)).astype("float32")
+        plugged_logits = model(x, training=False)
+        small_map_conv.uninstall()
+        keras_logits = model(x, training=False)
+        small_map_conv.install()
+        tolerance = 1e-4 if policy == "float32" else 5e-2
+        np.testing.assert_allclose(plugged_logits, keras_logits, rtol=tolerance, atol=tolerance)
+        model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit)
+        history = model.fit(x, np.ones((4, 3), "float32"), epochs=2, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        assert model.jit_compile == jit
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

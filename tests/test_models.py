@@ -476,3 +476,49 @@ def test_bench_command_prints_a_table(capsys, tmp_path):
     cells = [c.strip() for c in table[0].strip("|").split("|")]
     assert cells[1] == "5,354,510" and 0.5 < float(cells[2]) < 0.6
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["params_28"] == 5_354_510
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_self_attention_equals_keras_multi_head_attention(use_bias):
+    """The ViT's SelfAttention (2-D projections) gives keras.layers.MultiHeadAttention's outputs,
+    scores and gradients from the same weights; masks take Keras' own path."""
+    from chest_tf.models.layers import SelfAttention
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 7, 12)).astype("float32")
+    ours = SelfAttention(num_heads=3, key_dim=4, use_bias=use_bias)
+    theirs = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4, use_bias=use_bias)
+    ours(x, x), theirs(x, x)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in theirs.get_weights()]
+    ours.set_weights(weights), theirs.set_weights(weights)
+    for a, b in zip(ours(x, x, return_attention_scores=True), theirs(x, x, return_attention_scores=True)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours(x, x)), np.asarray(theirs(x, x)), rtol=1e-5, atol=1e-5)
+    mask = np.tril(np.ones((3, 7, 7), bool))
+    np.testing.assert_allclose(np.asarray(ours(x, x, attention_mask=mask)),
+                               np.asarray(theirs(x, x, attention_mask=mask)), rtol=1e-5, atol=1e-5)
+
+    import tensorflow as tf
+
+    def gradients(layer):
+        tx = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(tx)
+            loss = tf.reduce_sum(layer(tx, tx) ** 2)
+        return tape.gradient(loss, [tx, *layer.trainable_weights])
+
+    for a, b in zip(gradients(ours), gradients(theirs)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_a_vit_holds_self_attention_and_reloads_with_the_same_logits(tmp_path):
+    from chest_tf.models.layers import SelfAttention
+
+    model = build_model("vit", (28, 28, 1), 3, dim=16, depth=2, heads=2)
+    assert all(isinstance(model.get_layer(f"encoder_block{i}_attn"), SelfAttention) for i in (1, 2))
+    x = np.random.default_rng(1).normal(size=(2, 28, 28, 1)).astype("float32")
+    path = tmp_path / "vit.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(reloaded.get_layer("encoder_block1_attn"), SelfAttention)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)

@@ -33,6 +33,7 @@ from chest_tf.models.layers import (
     PatchSplit,
     PositionEmbedding,
     SelectToken,
+    SelfAttention,
     ShiftedImages,
     apply_logits,
     check_input_shape,
@@ -97,7 +98,7 @@ def apply_encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_d
     re-traces it with them (``vit_with_attention``).
     """
     dim = x.shape[-1]
-    attention_cls = LocalitySelfAttention if lsa else layers.MultiHeadAttention
+    attention_cls = LocalitySelfAttention if lsa else SelfAttention
     y = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln1")(x)
     y = attention_cls(num_heads=heads, key_dim=dim // heads, dropout=attention_dropout, name=f"{name}_attn")(y, y)
     y = layers.Dropout(dropout, name=f"{name}_attn_dropout")(y)

@@ -522,3 +522,15 @@ def test_a_vit_holds_self_attention_and_reloads_with_the_same_logits(tmp_path):
     reloaded = keras.saving.load_model(path, safe_mode=True)
     assert isinstance(reloaded.get_layer("encoder_block1_attn"), SelfAttention)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_self_attention_over_image_axes_takes_keras_path():
+    """Rank-4 inputs (attention over two axes) are not (batch, tokens, width) rows: Keras' own path."""
+    from chest_tf.models.layers import SelfAttention
+
+    x = np.random.default_rng(3).normal(size=(2, 3, 4, 8)).astype("float32")
+    ours = SelfAttention(num_heads=2, key_dim=4, attention_axes=(1, 2))
+    theirs = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, attention_axes=(1, 2))
+    ours(x, x), theirs(x, x)
+    theirs.set_weights(ours.get_weights())
+    np.testing.assert_allclose(np.asarray(ours(x, x)), np.asarray(theirs(x, x)), rtol=1e-5, atol=1e-5)

@@ -229,8 +229,8 @@ class Conv2D(layers.Conv2D):
     (``register_conv_kernel``), the kernel may compute the convolution instead, for the shapes it
     is faster on.
 
-    Why: TensorFlow's oneDNN convolution is 4x slower on 2x2 maps than the same arithmetic as one
-    matrix product (the last stage of the CNNs at 64 px; chest_tf.training.small_map_conv). The
+    Why: TensorFlow's oneDNN convolution is about 3x slower on 2x2 and 4x4 maps (the CNNs' last
+    stages) than exact rewrites as matrix products (chest_tf.training.small_map_conv). The
     layer itself stays keras.ops-only: without a registered kernel it is exactly the Keras layer,
     and its weights and outputs are the same either way.
     """
@@ -401,13 +401,18 @@ class SelfAttention(layers.MultiHeadAttention):
     3-D by 2-D matmul whose kernel gradient is one small product per image plus a sum over the
     batch (128 (192 x 50) x (50 x 192) products in a ViT-Tiny step at 28 px, 15% of its
     matrix-product time). Reshaped to (batch * tokens, width) rows, each projection and its
-    gradients are single matrix products. Masks and the gated variant take Keras' own path.
+    gradients are single matrix products. Masks, the gated variant and inputs other than
+    (batch, tokens, width) take Keras' own path.
     """
 
     def call(self, query, value, key=None, query_mask=None, value_mask=None, key_mask=None,
              attention_mask=None, return_attention_scores=False, training=None, use_causal_mask=False):
         masked = any(m is not None for m in (query_mask, value_mask, key_mask, attention_mask)) or use_causal_mask
-        if masked or self._use_gate or any(getattr(t, "_keras_mask", None) is not None for t in (query, value, key)):
+        masked = masked or any(getattr(t, "_keras_mask", None) is not None for t in (query, value, key))
+        # 2-D rows need (B, T, C) inputs and (C, heads, head_dim) / (heads, head_dim, C) kernels.
+        plain = len(query.shape) == 3 and all(len(d.kernel.shape) == 3 for d in (
+            self._query_dense, self._key_dense, self._value_dense, self._output_dense))
+        if masked or self._use_gate or not plain:
             return super().call(query, value, key, query_mask, value_mask, key_mask, attention_mask,
                                 return_attention_scores, training, use_causal_mask)
         key = value if key is None else key

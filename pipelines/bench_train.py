@@ -75,8 +75,11 @@ def main() -> int:
     batchnorms = ["fused", "keras"] if args.batchnorm == "both" else [args.batchnorm]
     convs = ["dense", "keras"] if args.small_map_conv == "both" else [args.small_map_conv]
     for batchnorm, conv in itertools.product(batchnorms, convs):
-        fused_batchnorm.install() if batchnorm == "fused" else fused_batchnorm.uninstall()
-        small_map_conv.install() if conv == "dense" else small_map_conv.uninstall()
+        for kernel, wanted in ((fused_batchnorm, batchnorm == "fused"), (small_map_conv, conv == "dense")):
+            if wanted:
+                kernel.install()
+            else:
+                kernel.uninstall()
         for jit in ([True, False] if args.jit == "both" else [args.jit == "on"]):
             model = make_model(args, handle, jit)
             through_pipeline = images_per_second(model, real, args.steps, args.warmup, args.batch)

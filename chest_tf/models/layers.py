@@ -416,30 +416,22 @@ class SelfAttention(layers.MultiHeadAttention):
             return super().call(query, value, key, query_mask, value_mask, key_mask, attention_mask,
                                 return_attention_scores, training, use_causal_mask)
         key = value if key is None else key
-        query, key, value = (self._project_in(dense, x) for dense, x in
+        query, key, value = (_project_rows(dense, x, 1) for dense, x in
                              ((self._query_dense, query), (self._key_dense, key), (self._value_dense, value)))
         output, scores = self._compute_attention(query, key, value, None, training, return_attention_scores)
-        output = self._project_out(output)
+        output = _project_rows(self._output_dense, output, 2)
         return (output, scores) if return_attention_scores else output
 
-    @staticmethod
-    def _project_in(dense, x):
-        """(B, T, C) -> (B, T, heads, head_dim) with ``dense``'s (C, heads, head_dim) kernel."""
-        channels, heads, head_dim = dense.kernel.shape
-        y = ops.matmul(ops.reshape(x, (-1, channels)), ops.cast(ops.reshape(dense.kernel, (channels, -1)), x.dtype))
-        if dense.bias is not None:
-            y = y + ops.cast(ops.reshape(dense.bias, (-1,)), x.dtype)
-        return ops.reshape(y, (-1, x.shape[1], heads, head_dim))
 
-    def _project_out(self, x):
-        """(B, T, heads, head_dim) -> (B, T, C) with the output projection's (heads, head_dim, C) kernel."""
-        dense = self._output_dense
-        heads, head_dim, channels = dense.kernel.shape
-        y = ops.matmul(ops.reshape(x, (-1, heads * head_dim)),
-                       ops.cast(ops.reshape(dense.kernel, (heads * head_dim, channels)), x.dtype))
-        if dense.bias is not None:
-            y = y + ops.cast(dense.bias, x.dtype)
-        return ops.reshape(y, (-1, x.shape[1], channels))
+def _project_rows(dense, x, input_axes: int):
+    """``dense`` (an EinsumDense over the last ``input_axes`` axes of ``x``) as one 2-D product:
+    (B, T, C) -> (B, T, heads, head_dim) with input_axes=1, (B, T, heads, head_dim) -> (B, T, C)
+    with input_axes=2."""
+    inputs = math.prod(dense.kernel.shape[:input_axes])
+    y = ops.matmul(ops.reshape(x, (-1, inputs)), ops.cast(ops.reshape(dense.kernel, (inputs, -1)), x.dtype))
+    if dense.bias is not None:
+        y = y + ops.cast(ops.reshape(dense.bias, (-1,)), x.dtype)
+    return ops.reshape(y, (-1, x.shape[1], *dense.kernel.shape[input_axes:]))
 
 
 @_serializable(package="chest_tf")

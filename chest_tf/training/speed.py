@@ -1,7 +1,8 @@
 """Training throughput on the real path, as ``chest_tf.train`` runs it: phantom TFRecords through
 the tf.data pipeline, augmentation attached to the model, the TF kernels train plugs in
-(training/kernels.py), BCE on logits, ``model.fit`` with the resolved precision and XLA. Used by ``python -m chest_tf.doctor``
-and by ``pipelines/bench_peers.py`` (the speed table beside the PyTorch peers).
+(training/kernels.py), BCE on logits, ``model.fit`` with the resolved precision and XLA. Used by
+``python -m chest_tf.doctor`` and by ``pipelines/bench_peers.py`` (the speed table beside the
+PyTorch peers).
 
 Warm-up steps (tracing, compilation, the pipeline filling its buffers) are not timed; the clock
 runs from the end of the last warm-up step to the end of the last timed step, so it holds no

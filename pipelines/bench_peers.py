@@ -10,9 +10,11 @@ parameter counts (they must agree within 1%: the same configuration) and the ana
     python pipelines/bench_peers.py --peer ../peer-venv/bin/python --archs resnet18 --sizes 28
 
 Each measurement times at least ``--min-steps`` steps of batch ``--batch`` after 3 warm-up steps,
-and stops after ``--seconds``; the peer then times the same number of steps. The machine is
-shared and noisy: compare the ratios, which come from back-to-back runs, and read the load
-averages printed beside them.
+and stops after ``--seconds``; the peer then times the same number of steps. That pair is one
+round; ``--rounds`` rounds alternate ours and the peer's on the same compiled model, and the table
+gives the median of each side and the median ratio with the range of the per-round ratios. The
+machine is shared and its speed drifts by 10-20% over minutes: compare the ratios, read the range
+and the load averages printed beside them.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,7 +60,7 @@ def run_peer(python: str, script: Path, arch: str, size: int, batch: int, steps:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| arch | size | trainable params (chest_tf / torch) | GFLOPs/img | XLA | chest_tf img/s | torch img/s | ratio |",
+    lines = ["| arch | size | trainable params (chest_tf / torch) | GFLOPs/img | XLA | chest_tf img/s | torch img/s | ratio [range] |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("error"):
@@ -66,7 +69,7 @@ def format_table(rows: list[dict]) -> str:
         mismatch = "" if abs(r["params"] / r["peer_params"] - 1) <= PARAMS_TOLERANCE else " (**differ**)"
         lines.append(f"| {r['arch']} | {r['size']} | {r['params'] / 1e6:.2f} M / {r['peer_params'] / 1e6:.2f} M{mismatch} | "
                      f"{r['gflops']:.3f} | {'on' if r['xla'] else 'off'} | {r['images_per_second']:.1f} | {r['peer_images_per_second']:.1f} | "
-                     f"**{r['ratio']:.2f}x** |")
+                     f"**{r['ratio']:.2f}x** [{min(r['round_ratios']):.2f}, {max(r['round_ratios']):.2f}] |")
     return "\n".join(lines)
 
 
@@ -79,11 +82,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--min-steps", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of ours and the peer's per row")
     parser.add_argument("--seconds", type=float, default=25.0, help="stop timing chest_tf after this long")
     parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA (auto: off on a CPU)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "chest_tf_bench"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if not args.peer_script.is_file():
         parser.error(f"no peer script at {args.peer_script}; pass --peer-script")
     runtime = resolve_runtime("float32", "off", "none")  # for the header; each arch resolves its own XLA
@@ -95,21 +101,26 @@ def main(argv=None) -> int:
     for size in args.sizes:
         for arch in args.archs:
             row = {"arch": arch, "size": size, "load_before": os.getloadavg()[0]}
-            probe = measure_training(arch, resolve_runtime("float32", args.jit, "none", arch), size=size, batch_size=args.batch, steps=args.max_steps,
-                                     max_seconds=args.seconds, data_dir=args.data_dir)
+            peer_rounds = []
+
+            def run_peer_round(probe, arch=arch, size=size, peer_rounds=peer_rounds):
+                steps = max(args.min_steps, probe.steps)
+                peer_rounds.append((*run_peer(args.peer, args.peer_script, arch, size, args.batch, steps), steps))
+
+            probe = measure_training(arch, resolve_runtime("float32", args.jit, "none", arch), size=size,
+                                     batch_size=args.batch, steps=args.max_steps, max_seconds=args.seconds,
+                                     data_dir=args.data_dir, rounds=args.rounds, after_round=run_peer_round)
             if probe.error:
                 row["error"] = probe.error
             else:
-                steps = max(args.min_steps, probe.steps)
-                try:
-                    peer_params, peer_speed = run_peer(args.peer, args.peer_script, arch, size, args.batch, steps)
-                except RuntimeError as exc:
-                    row["error"] = str(exc)
-                else:
-                    row.update(xla=probe.jit_compile, params=probe.params, peer_params=peer_params, gflops=probe.gflops,
-                               images_per_second=probe.images_per_second, steps=probe.steps,
-                               peer_images_per_second=peer_speed, peer_steps=steps,
-                               ratio=probe.images_per_second / peer_speed)
+                peer_speeds = [speed for _, speed, _ in peer_rounds]
+                ratios = [ours / peer for ours, peer in zip(probe.round_images_per_second, peer_speeds)]
+                row.update(xla=probe.jit_compile, params=probe.params, peer_params=peer_rounds[0][0], gflops=probe.gflops,
+                           images_per_second=probe.images_per_second, steps=probe.steps,
+                           round_images_per_second=probe.round_images_per_second,
+                           peer_images_per_second=statistics.median(peer_speeds), peer_steps=peer_rounds[-1][2],
+                           peer_round_images_per_second=peer_speeds,
+                           ratio=statistics.median(ratios), round_ratios=ratios)
             row["load_after"] = os.getloadavg()[0]
             rows.append(row)
             print(f"# {json.dumps(row)}", flush=True)

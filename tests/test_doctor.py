@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import statistics
 
 from chest_tf.cli.doctor import main
 from chest_tf.data import phantom
 from chest_tf.training.doctor import run_doctor
+from chest_tf.training.runtime import resolve_runtime
+from chest_tf.training.speed import measure_training
 
 
 def test_doctor_reports_versions_settings_and_speed(tmp_path):
@@ -31,3 +34,25 @@ def test_doctor_command_prints_the_report(tmp_path):
         assert main(["--archs", "vit_tiny", "--steps", "1", "--batch-size", "4", "--jit", "off",
                      "--data-dir", str(tmp_path)]) == 0
     assert out.getvalue().startswith("## chest_tf doctor") and "| vit_tiny | " in out.getvalue()
+
+
+def test_speed_probe_times_rounds_of_one_model_around_a_hook(tmp_path):
+    """bench_peers alternates rounds of ours with the peer: each round is timed on the same compiled
+    model, the hook runs after each, and the probe's figure is the median round."""
+    phantom.write_phantom(tmp_path / "phantom.npz", size=28, counts={"train": 64, "val": 16, "test": 16}, seed=0)
+    runtime = resolve_runtime("float32", "off", "none")
+    seen = []
+    probe = measure_training("resnet18", runtime, steps=2, batch_size=8, data_dir=str(tmp_path), rounds=3,
+                             after_round=lambda p: seen.append(list(p.round_images_per_second)),
+                             overrides={"width": 8})
+    assert probe.error is None and probe.steps == 2
+    assert [len(s) for s in seen] == [1, 2, 3]
+    assert probe.images_per_second == statistics.median(probe.round_images_per_second) > 0
+
+    def failing_peer(_probe):
+        raise RuntimeError("peer failed (python peer_torch.py): no torch")
+
+    failed = measure_training("resnet18", runtime, steps=1, batch_size=8, data_dir=str(tmp_path), rounds=2,
+                              after_round=failing_peer, overrides={"width": 8})
+    assert failed.error == "RuntimeError: peer failed (python peer_torch.py): no torch"
+    assert len(failed.round_images_per_second) == 1

@@ -6,14 +6,18 @@ PyTorch peers).
 
 Warm-up steps (tracing, compilation, the pipeline filling its buffers) are not timed; the clock
 runs from the end of the last warm-up step to the end of the last timed step, so it holds no
-time spent after training (``fit``'s return) either."""
+time spent after training (``fit``'s return) either. With ``rounds`` > 1 the same compiled model is
+timed again after each ``after_round`` call (bench_peers runs the PyTorch peer there), so a shared
+machine's drift reaches both sides of a ratio alike; the probe's figure is the median round."""
 from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import keras
 
@@ -35,6 +39,7 @@ class Probe:
     images_per_second: float | None = None
     seconds_per_step: float | None = None
     steps: int = 0
+    round_images_per_second: list[float] = field(default_factory=list)  # one per timed round
     params: int | None = None          # trainable parameters
     gflops: float | None = None        # analytic, one image, forward (models.flops)
     jit_compile: bool | None = None
@@ -79,10 +84,13 @@ class _Capture(logging.Handler):
 
 def measure_training(arch: str, runtime: Runtime, *, size: int = 28, batch_size: int = 32, steps: int = 30,
                      warmup: int = 3, max_seconds: float | None = None, augment: str = "light",
-                     data_dir: str | None = None, overrides: dict | None = None) -> Probe:
+                     data_dir: str | None = None, overrides: dict | None = None, rounds: int = 1,
+                     after_round: Callable[[Probe], None] | None = None) -> Probe:
     """Images/s of ``steps`` training steps of ``arch`` (at most ``max_seconds`` of them, at least
-    one) after ``warmup`` untimed ones, on the phantom set at ``size`` px. Never raises: a failure
-    is the probe's ``error`` (a report goes on to the next architecture)."""
+    one) after ``warmup`` untimed ones, on the phantom set at ``size`` px; ``rounds`` times, calling
+    ``after_round(probe)`` after each (later rounds re-fit the same model after one untimed step).
+    Never raises: a failure, here or in ``after_round``, is the probe's ``error`` (a report goes on
+    to the next architecture)."""
     probe = Probe(resolve_arch(arch), size=size, batch_size=batch_size)
     steps = max(1, int(steps))
     capture = _Capture()
@@ -106,14 +114,18 @@ def measure_training(arch: str, runtime: Runtime, *, size: int = 28, batch_size:
                           loss=losses_lib.build_loss("bce", handle.info.task, positives, total))
             batches = handle.batches("train", batch_size, training=True, seed=0, drop_remainder=True,
                                      repeat=True, deterministic=False)
-            timer = StepTimer(max(1, warmup), max_seconds)
-            model.fit(batches, epochs=1, steps_per_epoch=max(1, warmup) + steps, callbacks=[timer], verbose=0,
-                      shuffle=False)  # the pipeline shuffles
-        probe.steps = timer.steps
-        elapsed = timer.seconds()
-        probe.seconds_per_step = elapsed / timer.steps
-        probe.images_per_second = timer.steps * batch_size / elapsed
-        probe.jit_compile = bool(model.jit_compile)
+            for round_index in range(max(1, rounds)):
+                untimed = max(1, warmup) if round_index == 0 else 1  # a new fit call restarts the iterator
+                timer = StepTimer(untimed, max_seconds)
+                model.fit(batches, epochs=1, steps_per_epoch=untimed + steps, callbacks=[timer], verbose=0,
+                          shuffle=False)  # the pipeline shuffles
+                probe.steps = timer.steps
+                probe.round_images_per_second.append(timer.steps * batch_size / timer.seconds())
+                probe.images_per_second = statistics.median(probe.round_images_per_second)
+                probe.seconds_per_step = batch_size / probe.images_per_second
+                probe.jit_compile = bool(model.jit_compile)
+                if after_round is not None:
+                    after_round(probe)
         probe.warnings = [str(w.message).splitlines()[0][:200] for w in caught] + capture.messages
         if runtime.jit_compile and not model.jit_compile:
             probe.warnings.append("XLA was asked for but Keras fell back to jit_compile=False")

@@ -121,11 +121,11 @@ def measure_training(arch: str, runtime: Runtime, *, size: int = 28, batch_size:
                           shuffle=False)  # the pipeline shuffles
                 probe.steps = timer.steps
                 probe.round_images_per_second.append(timer.steps * batch_size / timer.seconds())
-                probe.images_per_second = statistics.median(probe.round_images_per_second)
-                probe.seconds_per_step = batch_size / probe.images_per_second
-                probe.jit_compile = bool(model.jit_compile)
                 if after_round is not None:
                     after_round(probe)
+        probe.images_per_second = statistics.median(probe.round_images_per_second)
+        probe.seconds_per_step = batch_size / probe.images_per_second
+        probe.jit_compile = bool(model.jit_compile)
         probe.warnings = [str(w.message).splitlines()[0][:200] for w in caught] + capture.messages
         if runtime.jit_compile and not model.jit_compile:
             probe.warnings.append("XLA was asked for but Keras fell back to jit_compile=False")

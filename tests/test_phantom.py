@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from chest_tf.data import phantom
+from chest_tf.data.phantom import anatomy, sets
 
 N_LABELS = 14
 CHESTMNIST_NAMES = (
@@ -119,12 +120,12 @@ def test_boxes_cover_where_each_finding_is_drawn():
     (the finding as drawn) lies inside that finding's box (grown by a pixel)."""
     size, n = 64, 12
     base = phantom.stack_cases([phantom.draw_case(phantom.image_rng(0, "cover", i), size) for i in range(n)])
-    factor = phantom._render_factor(size)
+    factor = anatomy._render_factor(size)
 
     def render(labels):
         p = dict(base, labels=labels)
         density, boxes = phantom.render_density(phantom.apply_volume_changes(p), size)
-        return phantom._area_downsample(density, factor), boxes
+        return anatomy._area_downsample(density, factor), boxes
 
     empty, _ = render(np.zeros_like(base["labels"]))
     for k, name in enumerate(phantom.PHANTOM_LABELS):
@@ -175,7 +176,7 @@ def test_write_phantom_replaces_an_existing_file_and_cleans_up_on_failure(tmp_pa
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(phantom, "generate", broken)
+    monkeypatch.setattr(sets, "generate", broken)  # write_phantom calls it there
     with pytest.raises(RuntimeError):
         phantom.write_phantom(path, size=28, counts={"train": 3}, seed=0)
     # the old file survives untouched and no temporary is left behind

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from chest_tf.data import phantom
+from chest_tf.data.phantom import anatomy, version2
 from chest_tf.data.info import get_info
 
 LABELS = phantom.PHANTOM_LABELS
@@ -96,13 +97,13 @@ def test_masks_cover_what_each_finding_draws(size):
     n = 10
     variant = phantom.get_variant("phantom2")
     base = phantom.stack_cases_v2([phantom.draw_case_v2(phantom.image_rng_v2(0, "cover", i), size) for i in range(n)])
-    factor = phantom._render_factor(size)
+    factor = anatomy._render_factor(size)
     no_marker = np.zeros(n, bool)
 
     def render(drawn):
         p = dict(base, drawn=drawn, labels=drawn)
         density, found, *_ = phantom.render_v2(phantom.apply_volume_changes_v2(p, 1.0), size, variant, no_marker)
-        return phantom._area_downsample(density, factor), phantom._any_downsample(found, factor)
+        return anatomy._area_downsample(density, factor), anatomy._any_downsample(found, factor)
 
     empty, _ = render(np.zeros_like(base["drawn"]))
     for k, name in enumerate(LABELS):
@@ -206,8 +207,8 @@ def test_random_labels_permute_train_labels_and_val_copies_train():
     np.testing.assert_array_equal(val.labels, train.labels[:20])
     np.testing.assert_array_equal(train.drawn, plain.drawn)
     assert not np.array_equal(train.labels, plain.labels)
-    whole = phantom._recorded_v2(0, "train", np.arange(n), phantom.get_variant("phantom2"))
-    np.testing.assert_array_equal(train.labels, whole[phantom._label_permutation(0, n)[:60]])
+    whole = version2._recorded_v2(0, "train", np.arange(n), phantom.get_variant("phantom2"))
+    np.testing.assert_array_equal(train.labels, whole[version2._label_permutation(0, n)[:60]])
     with pytest.raises(ValueError, match="train images"):
         phantom.generate(28, 5, 0, "val", start=n - 2, variant=variant)
 

@@ -13,7 +13,7 @@ Please cite when you use the data:
 and the source dataset of the set you use (ChestMNIST: Wang et al., "ChestX-ray8", CVPR 2017).
 The data are licensed per set (``license`` below: CC BY 4.0, DermaMNIST CC BY-NC 4.0).
 
-``phantom`` is chest_tf"s own generated stand-in for ChestMNIST (see ``phantom.py``): same label
+``phantom`` is chest_tf"s own generated stand-in for ChestMNIST (see the ``phantom`` package): same label
 names and image format, made offline, never downloaded.
 """
 
@@ -377,7 +377,7 @@ CATALOGUE: dict[str, DatasetInfo] = {
             ),
             generated=True,
         ),
-        # Version 2 of the phantom generator (chest_tf/data/phantom.py: findings placed broadly, a
+        # Version 2 of the phantom generator (chest_tf/data/phantom/version2.py: findings placed broadly, a
         # per-pixel mask per finding, film distractors), for localisation benchmarks; the file name
         # (phantom2_hard_64.npz) tells the generator which variant to write.
         *(

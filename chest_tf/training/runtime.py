@@ -15,6 +15,23 @@ from chest_tf.models.registry import arch_family
 # run one Eigen kernel each without it) and slows the CNNs down (densenet121 37.6 -> 14.7;
 # resnet18 86.6 -> 58.7 with pipelines/bench_train.py: XLA's CPU convolutions are not oneDNN's).
 CPU_XLA_FAMILIES = frozenset({"vit"})
+# CPU instructions that compute bfloat16 natively (Linux /proc/cpuinfo flag names). Without one,
+# mixed_bfloat16 on a CPU is emulated and slower than float32.
+CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, tuple[str, ...]]:
+    """(CPU model name, the ``CPU_BFLOAT16_FLAGS`` it has); ("unknown", ()) where the file is
+    missing or unreadable (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as stream:
+            text = stream.read()
+    except OSError:
+        return "unknown", ()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)  # the last CPU's
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", "unknown"), tuple(flag for flag in CPU_BFLOAT16_FLAGS if flag in flags)
 
 
 @dataclass

@@ -7,7 +7,8 @@ import statistics
 
 from chest_tf.cli.doctor import main
 from chest_tf.data import phantom
-from chest_tf.training.doctor import run_doctor
+from chest_tf.training import runtime as runtime_lib
+from chest_tf.training.doctor import report, run_doctor
 from chest_tf.training.runtime import cpu_description, resolve_runtime
 from chest_tf.training.speed import measure_training
 
@@ -21,11 +22,14 @@ def test_doctor_reports_versions_settings_and_speed(tmp_path):
     assert all(p.params > 0 and p.gflops > 0 for p in probes)
     # on a CPU, auto trains ViTs with XLA and CNNs without (measured; training/runtime.py)
     assert "| tensorflow | " in text and "| cpu | " in text and "| cpu_bfloat16 | " in text
-    # a CPU with native bfloat16 gets the measured suggestion; any other gets none
-    assert ("computes bfloat16 natively" in text) == bool(cpu_description()[1])
+    assert "computes bfloat16 natively" not in text  # said only where float32 was asked for there
     assert "| kernels | fused_batchnorm_training; small_map_conv |" in text  # a CPU: both plugged in
-    assert "`auto` resolves to: precision **float32**, XLA **off** for resnet18, **on** for vit_tiny" in text
-    assert [p.jit_compile for p in probes] == [False, True]
+    if cpu_description()[1]:  # native bfloat16: mixed_bfloat16 without XLA for every family
+        assert "`auto` resolves to: precision **mixed_bfloat16**, XLA **off**" in text
+        assert [p.jit_compile for p in probes] == [False, False]
+    else:
+        assert "`auto` resolves to: precision **float32**, XLA **off** for resnet18, **on** for vit_tiny" in text
+        assert [p.jit_compile for p in probes] == [False, True]
     assert "| resnet18 | " in text and "| vit_tiny | " in text
 
 
@@ -72,3 +76,21 @@ def test_cpu_description_names_the_model_and_its_native_bfloat16(tmp_path):
     info.write_text("model name\t: Intel(R) Xeon(R) CPU E5-2686 v4\nflags\t\t: avx2 fma\n")
     assert cpu_description(str(info)) == ("Intel(R) Xeon(R) CPU E5-2686 v4", ())
     assert cpu_description(str(tmp_path / "missing")) == ("unknown", ())
+
+
+def test_auto_trains_in_bfloat16_without_xla_on_a_cpu_that_computes_it(monkeypatch):
+    """Measured (training/runtime.py, README "bfloat16 on a CPU"): with native bfloat16, every family
+    trains fastest in mixed_bfloat16 without XLA; without it, float32 with XLA for ViTs only."""
+    monkeypatch.setattr(runtime_lib, "cpu_description", lambda: ("Zen 4", ("avx512_bf16",)))
+    for arch in ("resnet18", "densenet121", "vit_tiny"):
+        resolved = resolve_runtime("auto", "auto", "none", arch)
+        assert (resolved.precision, resolved.jit_compile) == ("mixed_bfloat16", False), arch
+    asked = resolve_runtime("float32", "auto", "none", "vit_tiny")  # float32 asked for: XLA as before
+    assert (asked.precision, asked.jit_compile) == ("float32", True)
+    monkeypatch.setattr(runtime_lib, "cpu_description", lambda: ("Broadwell", ()))
+    assert [(r.precision, r.jit_compile) for r in (resolve_runtime("auto", "auto", "none", a)
+                                                  for a in ("resnet18", "vit_tiny"))] == [("float32", False),
+                                                                                         ("float32", True)]
+    # where float32 was asked for on such a CPU, the doctor's report says what auto would do
+    text = report({"cpu_bfloat16": ["avx512_bf16"]}, {"vit_tiny": asked}, [], 128, 28)
+    assert "computes bfloat16 natively (avx512_bf16): `--precision auto` trains in mixed_bfloat16" in text

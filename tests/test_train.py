@@ -16,6 +16,7 @@ import pytest
 
 from chest_tf.config import RunConfig, apply_overrides
 from chest_tf.errors import ConfigError
+from chest_tf.training.runtime import cpu_description
 
 REPO = Path(__file__).resolve().parents[1]
 # A narrow ResNet-18 keeps CPU steps short; everything else is the real training path.
@@ -58,7 +59,9 @@ def test_short_phantom_run_learns_and_writes_the_run_dir(phantom_dir, tmp_path):
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents*"))
     assert list((run_dir / "tensorboard" / "validation").glob("events.out.tfevents*"))  # Grad-CAM panel
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["runtime"]["precision"] == "float32" and saved["runtime"]["jit_compile"] is False
+    # auto on this CPU (training/runtime.py): mixed_bfloat16 where it computes bfloat16 natively
+    precision = "mixed_bfloat16" if cpu_description()[1] else "float32"
+    assert saved["runtime"]["precision"] == precision and saved["runtime"]["jit_compile"] is False
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == list(range(12))
     assert {"loss", "auc", "val_loss", "val_auc", "learning_rate"} <= set(rows[0])

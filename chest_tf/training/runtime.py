@@ -8,15 +8,18 @@ import tensorflow as tf
 
 from chest_tf.models.registry import arch_family
 
-# Families trained with XLA on a CPU under jit="auto". Measured on 2 cores, batch 128, float32,
+# Families trained with XLA on a CPU in float32 under jit="auto". Measured on 2 cores, batch 128, float32,
 # 28 px with `python -m chest_tf.doctor --batch-size 128 --jit off|on` (README, "Speed beside
 # PyTorch"): XLA speeds the ViTs' train step up (vit_tiny 77.7 -> 84.1 img/s, vit_small
 # 24.1 -> 29.6: it fuses LayerNorm, GELU, softmax and the optimizer's element-wise ops, which
 # run one Eigen kernel each without it) and slows the CNNs down (densenet121 37.6 -> 14.7;
 # resnet18 86.6 -> 58.7 with pipelines/bench_train.py: XLA's CPU convolutions are not oneDNN's).
 CPU_XLA_FAMILIES = frozenset({"vit"})
-# CPU instructions that compute bfloat16 natively (Linux /proc/cpuinfo flag names). Without one,
-# mixed_bfloat16 on a CPU is emulated and slower than float32.
+# CPU instructions that compute bfloat16 natively (Linux /proc/cpuinfo flag names). With one, auto
+# trains in mixed_bfloat16 without XLA: on 2 Zen 4 cores (avx512_bf16, no AMX), batch 128, 28 px,
+# resnet18 1.3-1.4x, densenet121 1.5-1.6x, vit_tiny 1.4x the float32 step (python -m chest_tf.doctor;
+# README, "bfloat16 on a CPU"), ResNet-18 2x on an AMX CPU, and test AUC never worse in the paired
+# runs there. Without one, mixed_bfloat16 is emulated and slower than float32.
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -53,8 +56,9 @@ def _gpu_compute_capability(gpu) -> tuple[int, int]:
 
 def resolve_runtime(precision: str, jit: str, strategy: str, arch: str | None = None) -> Runtime:
     """auto: mixed precision and XLA on a GPU (bfloat16 from Ampere on, float16 with loss scaling
-    before); float32 on a CPU, with XLA for the families in ``CPU_XLA_FAMILIES`` (``arch`` given)
-    and without it otherwise; MirroredStrategy with more than one GPU."""
+    before). On a CPU: mixed_bfloat16 without XLA where the CPU computes bfloat16 natively
+    (``cpu_description``), else float32 with XLA for the families in ``CPU_XLA_FAMILIES`` (``arch``
+    given) and without it otherwise. MirroredStrategy with more than one GPU."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         capability = _gpu_compute_capability(gpus[0])
@@ -63,10 +67,14 @@ def resolve_runtime(precision: str, jit: str, strategy: str, arch: str | None = 
     else:
         capability = (0, 0)
         device = f"CPU ({os.cpu_count()} cores)"
-    if precision == "auto":
-        precision = ("mixed_bfloat16" if capability >= (8, 0) else "mixed_float16") if gpus else "float32"
+    if precision == "auto" and gpus:
+        precision = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    elif precision == "auto":
+        precision = "mixed_bfloat16" if cpu_description()[1] else "float32"
     if jit == "auto":
-        jit_compile = bool(gpus) or (arch is not None and arch_family(arch) in CPU_XLA_FAMILIES)
+        # XLA:CPU's bfloat16 is slower than oneDNN's (vit_tiny 71 vs 108 img/s): no XLA then.
+        jit_compile = bool(gpus) or (precision == "float32" and arch is not None
+                                     and arch_family(arch) in CPU_XLA_FAMILIES)
     else:
         jit_compile = jit == "on"
     if strategy == "auto":

@@ -102,8 +102,9 @@ class TrainConfig:
     focal_gamma: float = setting(2.0, "focusing parameter of --loss focal")
     augment: str = setting("light", "augmentation preset (chest_tf.augment.PRESETS)")
     mixup: float = setting(0.0, "alpha of per-image Beta(alpha, alpha) mixup in the training step; 0 = off")
-    precision: str = setting("auto", "auto: mixed precision on GPUs, float32 on CPUs", choices=PRECISIONS)
-    jit: str = setting("auto", "XLA: auto (on for GPUs; on a CPU for ViTs only, as measured), on, off",
+    precision: str = setting("auto", "auto: mixed precision on GPUs and on CPUs with native bfloat16 "
+                             "(avx512_bf16/amx_bf16), float32 on other CPUs", choices=PRECISIONS)
+    jit: str = setting("auto", "XLA: auto (on for GPUs; on a CPU for ViTs in float32 only, as measured), on, off",
                        choices=JIT_MODES)
     strategy: str = setting("auto", "auto: mirrored with more than one GPU", choices=STRATEGIES)
     seed: int = setting(0, "random seed (weights, data order, augmentation)")

@@ -60,6 +60,26 @@ def test_saved_state_restores_weights_optimizer_and_seeds_and_keeps_two(tmp_path
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
 
+@pytest.mark.parametrize("saved, resumed", [("float32", "mixed_bfloat16"), ("mixed_bfloat16", "float32")])
+def test_a_backup_restores_under_the_other_precision(tmp_path, saved, resumed):
+    """``auto`` is resolved again on resume, and differs between CPUs with and without native
+    bfloat16 (training/runtime.py): a run moved between them restores exactly and trains on."""
+    try:
+        keras.mixed_precision.set_global_policy(saved)
+        model = trained(RunBackup(tmp_path / "backup", STEPS, 3), epochs=2)
+        keras.mixed_precision.set_global_policy(resumed)
+        fresh = tiny_model(seed=1)
+        state = RunBackup(tmp_path / "backup", STEPS, 3).restore(fresh)
+        assert (state.epoch, state.step) == (2, 0)
+        for a, b in zip(model.variables + model.optimizer.variables, fresh.variables + fresh.optimizer.variables):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+        x, y = data()
+        fresh.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+        assert int(fresh.optimizer.iterations.numpy()) == 3 * STEPS and fresh.compute_dtype == resumed.split("_")[-1]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_a_damaged_newest_backup_falls_back_to_the_one_before(tmp_path, damage):
     backup = RunBackup(tmp_path / "backup", STEPS, 2)

@@ -20,11 +20,12 @@ def test_doctor_reports_versions_settings_and_speed(tmp_path):
     assert [p.arch for p in probes] == ["resnet18", "vit_tiny"]
     assert all(p.error is None and p.images_per_second > 0 and p.steps == 2 for p in probes)
     assert all(p.params > 0 and p.gflops > 0 for p in probes)
-    # on a CPU, auto trains ViTs with XLA and CNNs without (measured; training/runtime.py)
     assert "| tensorflow | " in text and "| cpu | " in text and "| cpu_bfloat16 | " in text
     assert "computes bfloat16 natively" not in text  # said only where float32 was asked for there
     assert "| kernels | fused_batchnorm_training; small_map_conv |" in text  # a CPU: both plugged in
-    if cpu_description()[1]:  # native bfloat16: mixed_bfloat16 without XLA for every family
+    # on a CPU (measured; training/runtime.py): native bfloat16 -> mixed_bfloat16 without XLA for every
+    # family; otherwise float32, with XLA for ViTs and without it for CNNs
+    if cpu_description()[1]:
         assert "`auto` resolves to: precision **mixed_bfloat16**, XLA **off**" in text
         assert [p.jit_compile for p in probes] == [False, False]
     else:
@@ -66,15 +67,20 @@ def test_speed_probe_times_rounds_of_one_model_around_a_hook(tmp_path):
 
 def test_cpu_description_names_the_model_and_its_native_bfloat16(tmp_path):
     """The doctor says whether mixed_bfloat16 runs natively here (README, Speed: on CPUs with
-    avx512_bf16 or amx_bf16 it trained ResNet-18 1.3-2x faster; without, it is emulated)."""
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16 fma\n\n"
-                    "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16 fma\n")
-    assert cpu_description(str(info)) == ("AMD EPYC 9R14", ("avx512_bf16",))
-    info.write_text("model name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    assert cpu_description(str(info)) == ("Intel(R) Xeon(R) Platinum 8488C", ("avx512_bf16", "amx_bf16"))
-    info.write_text("model name\t: Intel(R) Xeon(R) CPU E5-2686 v4\nflags\t\t: avx2 fma\n")
-    assert cpu_description(str(info)) == ("Intel(R) Xeon(R) CPU E5-2686 v4", ())
+    avx512_bf16 or amx_bf16 it trained ResNet-18 1.3-2x faster; without, it is emulated). One file
+    per CPU: the answer is cached per path (a machine's CPU does not change)."""
+    cpus = {
+        "zen4": ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16 fma\n\n"
+                 "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16 fma\n"),
+        "sapphire": "model name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: avx512f avx512_bf16 amx_bf16 amx_tile\n",
+        "broadwell": "model name\t: Intel(R) Xeon(R) CPU E5-2686 v4\nflags\t\t: avx2 fma\n",
+    }
+    for name, text in cpus.items():
+        (tmp_path / name).write_text(text)
+    assert cpu_description(str(tmp_path / "zen4")) == ("AMD EPYC 9R14", ("avx512_bf16",))
+    assert cpu_description(str(tmp_path / "sapphire")) == ("Intel(R) Xeon(R) Platinum 8488C",
+                                                          ("avx512_bf16", "amx_bf16"))
+    assert cpu_description(str(tmp_path / "broadwell")) == ("Intel(R) Xeon(R) CPU E5-2686 v4", ())
     assert cpu_description(str(tmp_path / "missing")) == ("unknown", ())
 
 

@@ -1,6 +1,7 @@
 """What ``auto`` resolves to on this machine: precision, XLA, distribution strategy, device."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ CPU_XLA_FAMILIES = frozenset({"vit"})
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.cache  # a fact of the machine: read once, not per architecture resolved
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, tuple[str, ...]]:
     """(CPU model name, the ``CPU_BFLOAT16_FLAGS`` it has); ("unknown", ()) where the file is
     missing or unreadable (not Linux)."""

@@ -86,7 +86,7 @@ def read_masks(npz_path, split: str) -> FindingMasks:
 
 
 # ============================================================================================
-# Public API
+# Generating and writing whole splits
 # ============================================================================================
 
 def _check_size(size: int) -> int:

@@ -150,12 +150,21 @@ def test_rollout_matches_the_paper(pool):
 
     keras.utils.set_random_seed(3)
     model = build_model("vit_tiny", (SIZE, SIZE, 1), 3, dim=16, depth=3, heads=2, patch_size=7, pool=pool)
+    # The reference takes every token's attention in every block: the same weights in a model
+    # whose last block computes all tokens (``model``'s computes the class token's row only).
+    full = build_model("vit_tiny", (SIZE, SIZE, 1), 3, dim=16, depth=3, heads=2, patch_size=7, pool=pool,
+                       full_last_block=True)
+    full.set_weights(model.get_weights())
     images = np.random.default_rng(1).uniform(-1, 1, (3, SIZE, SIZE, 1)).astype("float32")
-    scores = [np.asarray(s, np.float64) for s in vit_attention_model(model)(images)]
+    scores = [np.asarray(s, np.float64) for s in vit_attention_model(full)(images)]
+    tokens = 17 if pool == "cls" else 16
+    assert scores[-1].shape == (3, 2, tokens, tokens)
     expected = explain.upsample_and_normalize(_rollout_reference(scores, pool == "cls", 4), (SIZE, SIZE))
     maps = explain.attention_rollout(model, images)
     np.testing.assert_allclose(maps, np.asarray(expected), atol=1e-5)
     assert maps.shape == (3, SIZE, SIZE)
+    np.testing.assert_allclose(explain.gradient_rollout(model, images, 1), explain.gradient_rollout(full, images, 1),
+                               atol=1e-5)
 
 
 def test_rollout_on_a_trained_vit_and_its_reloaded_file(tmp_path):

@@ -238,20 +238,59 @@ def test_last_conv_layer_names_for_grad_cam():
         last_conv_layer_name(small_model("vit_tiny"))
 
 
-@pytest.mark.parametrize("pool, lsa, tokens", [("cls", False, 50), ("gap", True, 49)])
+@pytest.mark.parametrize("pool, lsa, tokens", [("cls", False, 50), ("cls", True, 50), ("gap", True, 49)])
 def test_vit_attention_maps_are_retrievable(pool, lsa, tokens):
     model = build_model("vit_tiny", SMALL, NUM_CLASSES, depth=3, pool=pool, lsa=lsa)
     assert vit_attention_layer_names(model) == [f"encoder_block{i}_attn" for i in (1, 2, 3)]
     maps = vit_attention_model(model)(images(2))
     assert len(maps) == 3
-    for scores in maps:
+    for block, scores in enumerate(maps, 1):
         scores = keras.ops.convert_to_numpy(scores)
-        assert scores.shape == (2, 3, tokens, tokens)
+        # With a class token, the last block queries with it alone: its row of the scores.
+        queries = 1 if pool == "cls" and block == 3 else tokens
+        assert scores.shape == (2, 3, queries, tokens)
         np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
         diagonal = np.diagonal(scores, axis1=-2, axis2=-1)
         assert (np.abs(diagonal) < 1e-6).all() == lsa  # locality self-attention masks the diagonal
     with pytest.raises(ValueError, match="not a ViT"):
         vit_attention_model(small_model("resnet18"))
+
+
+@pytest.mark.parametrize("overrides", [{"depth": 3}, {"depth": 2, "lsa": True, "spt": True, "dropout": 0.1}])
+def test_vit_last_block_computes_the_class_token_only_with_the_same_result(overrides):
+    """The head reads only the class token, so the last block computes only its row; a model
+    built with full_last_block=True (every token's output) gives the same logits and gradients
+    from the same weights, for fewer FLOPs."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(1)
+    model = build_model("vit_tiny", SMALL, NUM_CLASSES, **overrides)
+    full = build_model("vit_tiny", SMALL, NUM_CLASSES, full_last_block=True, **overrides)
+    assert [w.path for w in model.weights] == [w.path for w in full.weights]
+    full.set_weights(model.get_weights())
+    last = overrides["depth"]
+    assert tuple(model.get_layer(f"encoder_block{last}_add2").output.shape) == (None, 1, 192)
+    assert tuple(full.get_layer(f"encoder_block{last}_add2").output.shape) == (None, 50, 192)
+    x = images(4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), keras.ops.convert_to_numpy(full(x)),
+                               rtol=1e-5, atol=1e-5)
+
+    def gradients(m):
+        with tf.GradientTape() as tape:
+            logits = m(x, training=False)
+            loss = keras.ops.sum(logits * keras.ops.linspace(-1.0, 1.0, NUM_CLASSES))
+        return [keras.ops.convert_to_numpy(g) for g in tape.gradient(loss, m.trainable_weights)]
+
+    ours, reference = gradients(model), gradients(full)
+    scale = max(np.abs(g).max() for g in reference)  # some are 0 up to rounding (the key bias's)
+    for a, b in zip(ours, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+    # The last block's query and output projections, MLP and score products for 1 row, not 50.
+    saved = 49 * (2 * 192 * 192 + 2 * 192 * 768 + 2 * 3 * 50 * 64) * 2
+    assert estimate_flops(full) - estimate_flops(model) == saved
+    # pool="gap" reads every token: the flag changes nothing there.
+    gap = build_model("vit_tiny", SMALL, NUM_CLASSES, depth=2, pool="gap")
+    assert tuple(gap.get_layer("encoder_block2_add2").output.shape) == (None, 49, 192)
 
 
 def test_vit_computes_attention_fused_and_explain_retraces_it_with_scores(monkeypatch):
@@ -272,7 +311,7 @@ def test_vit_computes_attention_fused_and_explain_retraces_it_with_scores(monkey
     assert len(fused_calls) == 2  # one per block
     *scores, traced_logits = vit_with_attention(model)(x, training=False)
     assert len(fused_calls) == 2  # the explain view does not take the fused path
-    assert [tuple(s.shape) for s in scores] == [(2, 3, 50, 50)] * 2
+    assert [tuple(s.shape) for s in scores] == [(2, 3, 50, 50), (2, 3, 1, 50)]  # last: class token's row
     np.testing.assert_allclose(keras.ops.convert_to_numpy(traced_logits), logits, atol=1e-5)
     assert not any(isinstance(node_output, (list, tuple)) for node_output in
                    (model.get_layer(f"encoder_block{i}_attn").output for i in (1, 2)))
@@ -316,7 +355,8 @@ def test_parameter_and_flop_counts_at_224px_match_references():
         "vit_base": (86_567_656, 86_567_656, 17.58),  # timm vit_base_patch16_224
     }
     for name, (total, trainable, gmacs) in expected.items():
-        model = build_model(name, (224, 224, 3), 1000)
+        # timm's count has the last block compute every token (ours: the class token only).
+        model = build_model(name, (224, 224, 3), 1000, **({"full_last_block": True} if "vit" in name else {}))
         assert abs(model.count_params() - total) / total < 0.01, (name, model.count_params())
         n_trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         assert n_trainable == trainable, (name, n_trainable)
@@ -461,7 +501,7 @@ def test_models_build_and_train_on_the_jax_backend():
     result = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
     for name, info in result.items():
         assert info["shape"] == [4, 14] and info["dtype"] == "float32" and info["loss_fell"], (name, info)
-    assert result["vit_tiny"]["attention"] == [[4, 3, 50, 50]] * 2
+    assert result["vit_tiny"]["attention"] == [[4, 3, 50, 50], [4, 3, 1, 50]]  # last: the class token row
     assert result["resnet18"]["grad_cam_layer"] == "conv5_block2_out"
 
 

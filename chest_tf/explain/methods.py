@@ -375,7 +375,9 @@ class Explainer:
         eye = ops.eye(tokens, dtype="float32")
         rollout = None
         for attention in scores:
-            a = ops.mean(attention, axis=1) + eye
+            # A ViT's last block may query with the class token only: (B, heads, 1, T) scores,
+            # the identity's first row, and a rollout of that row alone.
+            a = ops.mean(attention, axis=1) + eye[:attention.shape[-2]]
             a = a / ops.sum(a, axis=-1, keepdims=True)
             rollout = a if rollout is None else ops.matmul(a, rollout)
         return self._finish(self._readout(rollout))
@@ -390,7 +392,7 @@ class Explainer:
         rollout = ops.broadcast_to(ops.eye(tokens, dtype="float32"), (ops.shape(images)[0], tokens, tokens))
         for attention, grad in zip(raw_scores, grads):
             weighted = ops.mean(ops.relu(ops.cast(grad, "float32") * ops.cast(attention, "float32")), axis=1)
-            rollout = rollout + ops.matmul(weighted, rollout)
+            rollout = rollout[:, :attention.shape[-2]] + ops.matmul(weighted, rollout)
         return self._finish(self._readout(rollout))
 
     # -- model-agnostic methods (numpy loops over compiled calls) ----------------------------------

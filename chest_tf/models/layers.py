@@ -376,20 +376,25 @@ class PatchSplit(layers.Layer):
 
 @_serializable(package="chest_tf")
 class SelectToken(layers.Layer):
-    """Take one token of a (B, T, D) sequence -> (B, D); the class-token pooling of ViT."""
+    """Take one token of a (B, T, D) sequence -> (B, D), or (B, 1, D) with ``keepdims=True``; the
+    class-token pooling of ViT, and the class token's row into its last block."""
 
-    def __init__(self, index: int = 0, **kwargs):
+    def __init__(self, index: int = 0, keepdims: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.index = index
+        self.keepdims = bool(keepdims)
 
     def call(self, tokens):
-        return tokens[:, self.index, :]
+        token = tokens[:, self.index, :]
+        return ops.expand_dims(token, 1) if self.keepdims else token
 
     def compute_output_shape(self, input_shape):
+        if self.keepdims:
+            return (input_shape[0], 1, input_shape[2])
         return (input_shape[0], input_shape[2])
 
     def get_config(self):
-        return {**super().get_config(), "index": self.index}
+        return {**super().get_config(), "index": self.index, "keepdims": self.keepdims}
 
 
 @_serializable(package="chest_tf")

@@ -5,6 +5,8 @@ Layout (names in brackets):
   spt_shift, spt_patches, spt_norm, spt_projection] -> class token [class_token] (pool="cls")
   -> position embedding [pos_embed] -> dropout [embed_dropout]
   -> depth x pre-norm encoder block [encoder_block{i}_*] -> LayerNorm [encoder_norm]
+  (pool="cls": the last block computes the class token's output only
+  [encoder_block{depth}_query_token, _class_token]; see build_vit's ``full_last_block``)
   -> class token [cls_pool] or mean of tokens [avg_pool] -> Dense [predictions] (float32 logits).
 
 Attention is fused: every block's attention layer ``encoder_block{i}_attn`` is called without
@@ -91,16 +93,22 @@ def apply_mlp(x, hidden_dim: int, dropout: float, name: str):
 
 
 def apply_encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_dropout: float,
-                        drop_path: float, lsa: bool, name: str):
+                        drop_path: float, lsa: bool, name: str, class_token_only: bool = False):
     """Pre-norm transformer block: x + DropPath(MHA(LN(x))), then x + DropPath(MLP(LN(x))).
 
     The attention layer ``{name}_attn`` is called without its scores (the fused path); explain
-    re-traces it with them (``vit_with_attention``).
+    re-traces it with them (``vit_with_attention``). ``class_token_only``: only the class token
+    (index 0) queries, and only its row goes on through the residual and MLP -> (B, 1, C); every
+    token is still a key and value. The same function of the same weights for that row.
     """
     dim = x.shape[-1]
     attention_cls = LocalitySelfAttention if lsa else SelfAttention
     y = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln1")(x)
-    y = attention_cls(num_heads=heads, key_dim=dim // heads, dropout=attention_dropout, name=f"{name}_attn")(y, y)
+    query = y
+    if class_token_only:
+        query = SelectToken(0, keepdims=True, name=f"{name}_query_token")(y)
+        x = SelectToken(0, keepdims=True, name=f"{name}_class_token")(x)
+    y = attention_cls(num_heads=heads, key_dim=dim // heads, dropout=attention_dropout, name=f"{name}_attn")(query, y)
     y = layers.Dropout(dropout, name=f"{name}_attn_dropout")(y)
     y = DropPath(drop_path, name=f"{name}_drop_path1")(y)
     x = layers.Add(name=f"{name}_add1")([x, y])
@@ -126,6 +134,7 @@ def build_vit(
     head_dropout: float = 0.0,
     spt: bool = False,
     lsa: bool = False,
+    full_last_block: bool = False,
     name: str = "vit",
 ) -> keras.Model:
     """Build a ViT returning logits of shape (B, num_classes).
@@ -141,6 +150,11 @@ def build_vit(
         drop_path_rate: stochastic depth, rising linearly from 0 (first block) to this (last).
         head_dropout: before the final Dense.
         spt: shifted patch tokenization; lsa: locality self-attention (Lee et al. 2021).
+        full_last_block: with pool="cls", the head reads only the class token, so by default the
+            last block computes only that token's output (its attention query, residual and MLP;
+            all tokens remain keys and values): the same logits and gradients for ~8% fewer
+            FLOPs (ViT-Tiny at 64 px). True computes every token's output there too (for
+            features of the patch tokens after the last block). Ignored with pool="gap".
     """
     input_shape = check_input_shape(input_shape)
     check_positive_int(num_classes, "num_classes")
@@ -168,9 +182,9 @@ def build_vit(
     log.info(
         "building %s: input_shape=%s num_classes=%d dim=%d depth=%d heads=%d mlp_dim=%d "
         "patch_size=%d tokens=%d pool=%s dropout=%s attention_dropout=%s drop_path_rate=%s "
-        "head_dropout=%s spt=%s lsa=%s",
+        "head_dropout=%s spt=%s lsa=%s full_last_block=%s",
         name, input_shape, num_classes, dim, depth, heads, mlp_dim, patch_size, num_tokens, pool,
-        dropout, attention_dropout, drop_path_rate, head_dropout, spt, lsa,
+        dropout, attention_dropout, drop_path_rate, head_dropout, spt, lsa, full_last_block,
     )
 
     inputs = keras.Input(shape=input_shape, name="images")
@@ -181,8 +195,10 @@ def build_vit(
     x = layers.Dropout(dropout, name="embed_dropout")(x)
     for i in range(1, depth + 1):
         rate = drop_path_rate * (i - 1) / max(depth - 1, 1)
+        class_token_only = i == depth and pool == "cls" and not full_last_block
         x = apply_encoder_block(
-            x, heads, mlp_dim, dropout, attention_dropout, rate, bool(lsa), f"encoder_block{i}"
+            x, heads, mlp_dim, dropout, attention_dropout, rate, bool(lsa), f"encoder_block{i}",
+            class_token_only,
         )
     x = layers.LayerNormalization(epsilon=LN_EPSILON, name="encoder_norm")(x)
     if pool == "cls":
@@ -224,7 +240,8 @@ class AttentionWithScores(layers.Layer):
 def vit_with_attention(model: keras.Model) -> keras.Model:
     """A model sharing ``model``'s layers and weights that maps images to
     ``[scores_block1, ..., scores_blockN, logits]``: each scores tensor (B, heads, T, T) with rows
-    summing to 1 (T includes the class token at index 0 when pool="cls"), and the logits computed
+    summing to 1 (T includes the class token at index 0 when pool="cls"; a last block that
+    queries with the class token only gives (B, heads, 1, T), its row), and the logits computed
     through those scores, so gradients with respect to them are defined (gradient-weighted
     rollout). The attention layers are re-called with ``return_attention_scores=True``, the
     unfused path; ``model`` itself keeps its fused graph."""
@@ -249,6 +266,7 @@ def vit_with_attention(model: keras.Model) -> keras.Model:
 def vit_attention_model(model: keras.Model) -> keras.Model:
     """A model sharing ``model``'s weights that maps images to a list with one attention-score
     tensor per block, each (B, heads, T, T) with rows summing to 1 (T includes the class token
-    at index 0 when pool="cls"). Input for attention rollout."""
+    at index 0 when pool="cls"; the last block's may be its class-token row, (B, heads, 1, T)).
+    Input for attention rollout."""
     traced = vit_with_attention(model)
     return keras.Model(traced.input, traced.outputs[:-1], name=f"{model.name}_attention")

@@ -154,6 +154,28 @@ def test_training_batches_reshuffle_every_epoch(tiny_npz, tmp_path):
     assert np.array_equal(np.sort(first, axis=0), np.sort(second, axis=0))
 
 
+def test_cached_training_batches_are_a_full_shuffle_keeping_each_image_with_its_labels(tiny_npz, tmp_path):
+    """A cached split trains from memory (indices shuffled, batches gathered): one epoch is every
+    (image, labels) pair of the file exactly once, in a seeded order, like the streamed path."""
+    with pytest.warns(UserWarning):
+        handle = load_dataset("chestmnist", 28, data_dir=tmp_path, npz_path=tiny_npz, verbose=False)
+    source = np.load(tiny_npz)
+
+    def epoch(**kwargs):
+        pairs = []
+        for images, labels in handle.batches("train", 16, training=True, seed=2, **kwargs):
+            pixels = np.round((images.numpy() + 1.0) * 127.5).astype(np.uint8)
+            pairs += [(p.tobytes(), l.astype(np.uint8).tobytes()) for p, l in zip(pixels, labels.numpy())]
+        return pairs
+
+    expected = [(p[..., None].tobytes(), l.tobytes()) for p, l in zip(source["train_images"], source["train_labels"])]
+    from_memory = epoch()
+    assert len(from_memory) == 40 and sorted(from_memory) == sorted(expected)
+    assert from_memory != expected  # shuffled
+    assert from_memory == epoch()  # seeded
+    assert sorted(epoch(cache=False)) == sorted(expected)  # the streamed path has the same content
+
+
 def test_repeated_training_batches_run_without_the_autotune_thread(tiny_npz, tmp_path):
     """fit()'s long-lived iterator: no tf.data autotuning thread (TF 2.21 sometimes left it
     asleep for up to 60 s when the iterator was destroyed at the end of fit)."""

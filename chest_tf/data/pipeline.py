@@ -9,7 +9,10 @@ prepares the records once, and returns a ``DatasetHandle``; ``handle.batches(spl
   one-hot over the classes (multi-class), matching the model's logits and a from_logits loss.
 
 Images stay uint8 until after batching: the in-memory cache (used at 28 and 64 px, where a whole
-split is small) holds bytes, not floats, and normalisation runs once per batch. Training batches
+split is small) holds bytes, not floats, and normalisation runs once per batch. A cached training
+split is read into two uint8 tensors once, and its batches are a seeded full shuffle of indices,
+gathered one batch at a time (no per-image tf.data stages, which cost ~4% of a training step on
+2 cores); larger sizes stream from the records through a bounded shuffle buffer. Training batches
 are shuffled with a seed; val and test batches are never shuffled and always in file order, so
 predictions line up with ``handle.labels(split)``.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -102,6 +105,7 @@ class DatasetHandle:
     size: int
     npz_path: Path
     builder: builder_lib.ChestTfMedmnist
+    _in_memory: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -159,6 +163,9 @@ class DatasetHandle:
             )
         cache = self.size <= CACHE_MAX_SIZE if cache is None else cache
         ordered = deterministic or not training
+        to_targets = _label_transform(self.info)
+        if cache and training:
+            return self._shuffled_from_memory(split, batch_size, seed, ordered, drop_remainder, repeat, to_targets)
         read_config = tfds_read_config(seed, ordered, shuffle_files=training and not cache)
         ds = self.builder.as_dataset(split=split, shuffle_files=training and not cache, read_config=read_config)
         ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
@@ -167,14 +174,46 @@ class DatasetHandle:
         if repeat:
             ds = ds.repeat()
         if training:
-            ds = ds.shuffle(self._shuffle_buffer(n, cache), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(self._shuffle_buffer(n), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
-        to_targets = _label_transform(self.info)
         ds = ds.map(
             lambda images, labels: (normalize(images, ops=tf), to_targets(labels)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=ordered,
         )
+        return self._finish(ds, repeat)
+
+    def _shuffled_from_memory(self, split, batch_size, seed, ordered, drop_remainder, repeat, to_targets):
+        """Training batches of a cached split: the split's uint8 arrays held in memory, and a
+        shuffled stream of their indices, batched and gathered (one gather per batch). The same
+        full shuffle as caching the decoded records and shuffling them, without moving each image
+        through tf.data's per-element stages: ~4% of a ViT-Tiny step at 28 px on 2 cores."""
+        images, labels = self._arrays(split)
+        ds = tf.data.Dataset.range(images.shape[0])
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.shuffle(images.shape[0], seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(
+            lambda index: (normalize(tf.gather(images, index), ops=tf), to_targets(tf.gather(labels, index))),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=ordered,
+        )
+        return self._finish(ds, repeat)
+
+    def _arrays(self, split: str) -> tuple[tf.Tensor, tf.Tensor]:
+        """The split's images and labels as read from its records, in file order, as uint8
+        tensors (kept for the handle's life: a cached split is read once)."""
+        if split not in self._in_memory:
+            ds = self.builder.as_dataset(split=split, shuffle_files=False,
+                                         read_config=tfds_read_config(None, True, shuffle_files=False))
+            ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+            parts = [(images.numpy(), labels.numpy()) for images, labels in ds]
+            self._in_memory[split] = tuple(tf.constant(np.concatenate(arrays)) for arrays in zip(*parts))
+        return self._in_memory[split]
+
+    @staticmethod
+    def _finish(ds: tf.data.Dataset, repeat: bool) -> tf.data.Dataset:
         ds = ds.prefetch(tf.data.AUTOTUNE)
         if repeat:
             # A repeated (training) iterator lives for the whole fit. Its tf.data autotuning
@@ -187,9 +226,7 @@ class DatasetHandle:
             ds = ds.with_options(options)
         return ds
 
-    def _shuffle_buffer(self, n: int, cached: bool) -> int:
-        if cached:
-            return n  # a full shuffle costs only pointers into the cache
+    def _shuffle_buffer(self, n: int) -> int:
         image_bytes = int(np.prod(self.image_shape))
         return int(min(n, max(1024, SHUFFLE_BUFFER_BYTES // image_bytes)))
 

@@ -9,7 +9,8 @@ the keras wheel:
 Random data on the device (no input pipeline), ``train_on_batch`` with XLA (JAX always compiles),
 warm-up steps untimed. "fused" is the model as built (``keras.ops.dot_product_attention``: cuDNN
 flash attention where JAX has it); "unfused" trains the same weights through
-``vit_with_attention``'s explain graph, which keeps every (B, heads, T, T) probability tensor.
+``vit_with_attention``'s explain graph, which keeps every block's probability tensor ((B, heads,
+T, T); the last block's class-token row, (B, heads, 1, T)).
 """
 from __future__ import annotations
 

@@ -138,6 +138,17 @@ def test_mahalanobis_scores_agree_in_numpy_and_tensorflow():
     np.testing.assert_allclose(tf_scores.numpy(), scorer.scores(logits, val), rtol=1e-4)
 
 
+@pytest.mark.parametrize("pool", ["cls", "gap"])
+def test_vit_ood_features_take_each_block_that_outputs_every_token(pool):
+    """A thumbnail, the token mean after each block, the penultimate features; a class-token
+    ViT's last block outputs the class token only (what the penultimate features normalise), so
+    its tokens are the block before's."""
+    model = build_model("vit_tiny", (28, 28, 1), 14, depth=3, pool=pool)
+    features = ood.features_and_logits_model(model).outputs[1:]
+    blocks = 2 if pool == "cls" else 3
+    assert [tuple(f.shape) for f in features] == [(None, 49)] + [(None, 192)] * blocks + [(None, 192)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Export: metadata, card, report, the TF-only SavedModel
 # ----------------------------------------------------------------------------------------------

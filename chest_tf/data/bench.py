@@ -12,7 +12,8 @@ from chest_tf.errors import ConfigError
 
 
 def measure_throughput(handle, batch_size: int, epochs: int) -> list[float]:
-    """Images/s for each pass over the training split (the first one fills the cache)."""
+    """Images/s for each pass over the training split (a cached split is read into memory when
+    its batches are made, before the first pass)."""
     ds = handle.batches("train", batch_size, training=True, seed=0, deterministic=False)
     rates = []
     for _ in range(epochs):

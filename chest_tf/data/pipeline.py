@@ -208,8 +208,21 @@ class DatasetHandle:
             ds = self.builder.as_dataset(split=split, shuffle_files=False,
                                          read_config=tfds_read_config(None, True, shuffle_files=False))
             ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
-            parts = [(images.numpy(), labels.numpy()) for images, labels in ds]
-            self._in_memory[split] = tuple(tf.constant(np.concatenate(arrays)) for arrays in zip(*parts))
+            n = self.num_examples(split)
+            images = np.empty((n, *self.image_shape), np.uint8)
+            labels = None
+            start = 0
+            for image_batch, label_batch in ds:
+                if labels is None:
+                    labels = np.empty((n, *label_batch.shape[1:]), label_batch.dtype.as_numpy_dtype)
+                end = start + int(image_batch.shape[0])
+                images[start:end], labels[start:end] = image_batch.numpy(), label_batch.numpy()
+                start = end
+            if start != n:
+                raise DataError(f"the {split} records hold {start} images where their metadata says {n}; "
+                                f"delete {self.builder.data_dir} and run again to prepare them afresh")
+            with tf.device("/CPU:0"):  # host memory, like tf.data's cache (not a GPU's)
+                self._in_memory[split] = (tf.constant(images), tf.constant(labels))
         return self._in_memory[split]
 
     @staticmethod

@@ -152,8 +152,8 @@ def build_vit(
         spt: shifted patch tokenization; lsa: locality self-attention (Lee et al. 2021).
         full_last_block: with pool="cls", the head reads only the class token, so by default the
             last block computes only that token's output (its attention query, residual and MLP;
-            all tokens remain keys and values): the same logits and gradients for ~8% fewer
-            FLOPs (ViT-Tiny at 64 px). True computes every token's output there too (for
+            all tokens remain keys and values): the same logits and gradients for 7-8% fewer
+            FLOPs (ViT-Tiny and ViT-Small at 28 and 64 px). True computes every token's output there too (for
             features of the patch tokens after the last block). Ignored with pool="gap".
     """
     input_shape = check_input_shape(input_shape)

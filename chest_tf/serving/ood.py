@@ -4,7 +4,8 @@ Three scores, all higher for stranger inputs:
 
 - ``mahalanobis`` (default): Mahalanobis distances of the image's features from the training
   split's feature distribution at several depths: the global-average-pooled output of each CNN
-  stage (the last layer at each spatial resolution) or the token mean after each ViT block, plus
+  stage (the last layer at each spatial resolution) or the token mean after each ViT block (but
+  the last, where a class-token ViT computes only the class token), plus
   the penultimate features (the input of the ``predictions`` layer), and the input image itself
   average-pooled to a 7 x 7 thumbnail. One Gaussian per depth (mean
   and Ledoit-Wolf shrunk covariance, fitted on training images at export time); the score is the
@@ -49,7 +50,7 @@ THUMBNAIL = 7  # the input pooled to 7 x 7: pixel statistics no trained layer ne
 def _depth_taps(model: keras.Model) -> list:
     """Pooled (B, D) features at each depth: the input itself as a 7x7 thumbnail, the last layer at
     each spatial resolution of a CNN (global average pooled), the end of each transformer block of
-    a ViT (mean over tokens)."""
+    a ViT (mean over tokens; not a last block that computes the class token only)."""
     last_at_resolution, block_ends = {}, []
     for layer in model.layers:
         output = layer.output
@@ -58,7 +59,10 @@ def _depth_taps(model: keras.Model) -> list:
         if len(output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
             last_at_resolution[tuple(output.shape[1:3])] = output
         elif len(output.shape) == 3 and layer.name.endswith("_add2"):  # models.vit: a block's last residual add
-            block_ends.append(output)
+            # A class-token ViT's last block outputs the class token only, which the
+            # penultimate features (its LayerNorm) already give: its tokens are the block before's.
+            if output.shape[1] != 1:
+                block_ends.append(output)
     image = model.inputs[0]
     thumbnail = keras.layers.Flatten()(keras.layers.AveragePooling2D(max(1, image.shape[1] // THUMBNAIL))(image))
     taps = [keras.ops.mean(t, axis=(1, 2)) for t in last_at_resolution.values()]

@@ -140,13 +140,14 @@ def test_mahalanobis_scores_agree_in_numpy_and_tensorflow():
 
 @pytest.mark.parametrize("pool", ["cls", "gap"])
 def test_vit_ood_features_take_each_block_that_outputs_every_token(pool):
-    """A thumbnail, the token mean after each block, the penultimate features; a class-token
+    """A thumbnail, the patch embedding, the token mean after each block, the penultimate features; a class-token
     ViT's last block outputs the class token only (what the penultimate features normalise), so
     its tokens are the block before's."""
     model = build_model("vit_tiny", (28, 28, 1), 14, depth=3, pool=pool)
     features = ood.features_and_logits_model(model).outputs[1:]
     blocks = 2 if pool == "cls" else 3
-    assert [tuple(f.shape) for f in features] == [(None, 49)] + [(None, 192)] * blocks + [(None, 192)]
+    # thumbnail, the patch embedding (a 4-D map), the blocks, the penultimate features
+    assert [tuple(f.shape) for f in features] == [(None, 49)] + [(None, 192)] * (1 + blocks + 1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def test_doctor_reports_versions_settings_and_speed(tmp_path):
     assert all(p.params > 0 and p.gflops > 0 for p in probes)
     assert "| tensorflow | " in text and "| cpu | " in text and "| cpu_bfloat16 | " in text
     assert "computes bfloat16 natively" not in text  # said only where float32 was asked for there
-    assert "| kernels | fused_batchnorm_training; small_map_conv |" in text  # a CPU: both plugged in
+    assert "| kernels | fused_batchnorm_training; small_map_conv; self_attention_core |" in text  # a CPU: all
     # on a CPU (measured; training/runtime.py): native bfloat16 -> mixed_bfloat16 without XLA for every
     # family; otherwise float32, with XLA for ViTs and without it for CNNs
     if cpu_description()[1]:

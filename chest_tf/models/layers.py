@@ -54,9 +54,24 @@ def register_conv_kernel(backend: str, kernel) -> None:
         _CONV_KERNELS[backend] = kernel
 
 
+# backend name -> fn(layer, query, key, value, training) -> outputs, or None to decline: a
+# self-attention core (chest_tf.training.attention_core for TensorFlow on a CPU); see SelfAttention.
+_ATTENTION_KERNELS = {}
+
+
+def register_attention_kernel(backend: str, kernel) -> None:
+    """Offer ``kernel(layer, query, key, value, training)`` to every chest_tf SelfAttention on
+    ``backend`` for its unmasked attention without scores (None removes). The kernel returns
+    None for what it does not handle."""
+    if kernel is None:
+        _ATTENTION_KERNELS.pop(backend, None)
+    else:
+        _ATTENTION_KERNELS[backend] = kernel
+
+
 def registered_kernels(backend: str) -> list[str]:
     """Names of the kernels registered for ``backend`` (what the layers may run instead of Keras')."""
-    plugged = (_FUSED_BATCHNORM_TRAINING.get(backend), _CONV_KERNELS.get(backend))
+    plugged = (_FUSED_BATCHNORM_TRAINING.get(backend), _CONV_KERNELS.get(backend), _ATTENTION_KERNELS.get(backend))
     return [kernel.__name__ for kernel in plugged if kernel is not None]
 
 
@@ -426,6 +441,18 @@ class SelfAttention(layers.MultiHeadAttention):
         output, scores = self._compute_attention(query, key, value, None, training, return_attention_scores)
         output = _project_rows(self._output_dense, output, 2)
         return (output, scores) if return_attention_scores else output
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None,
+                           return_attention_scores=False, **kwargs):
+        # A registered kernel may compute the unmasked core without scores (the training path);
+        # explain's scores, masks (LocalitySelfAttention) and whatever it declines run Keras'.
+        plugged = _ATTENTION_KERNELS.get(keras.backend.backend())
+        if plugged is not None and attention_mask is None and not return_attention_scores and not kwargs:
+            output = plugged(self, query, key, value, training)
+            if output is not None:
+                return output, None
+        return super()._compute_attention(query, key, value, attention_mask, training, return_attention_scores,
+                                          **kwargs)
 
 
 def _project_rows(dense, x, input_axes: int):

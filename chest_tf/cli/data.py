@@ -115,7 +115,7 @@ def cmd_bench(args) -> int:
         rates = measure_throughput(handle, args.batch, args.epochs)
         shown = ", ".join(f"{r:,.0f}" for r in rates)
         print(f"pipeline phantom {size:>3} px batch {args.batch}: images/s per epoch [{shown}] "
-              f"(cache {'on' if size <= 64 else 'off'}; first epoch reads records)")
+              f"({'in memory: the split is read before the first epoch' if size <= 64 else 'streamed from records'})")
     if args.prepare_images:
         size = args.prepare_size
         n = args.prepare_images

@@ -202,24 +202,19 @@ class DatasetHandle:
         return self._finish(ds, repeat)
 
     def _arrays(self, split: str) -> tuple[tf.Tensor, tf.Tensor]:
-        """The split's images and labels as read from its records, in file order, as uint8
-        tensors (kept for the handle's life: a cached split is read once)."""
+        """The split's images as read from its records and its labels (``labels``, the same rows),
+        in file order, as uint8 tensors (kept for the handle's life: a cached split is read once)."""
         if split not in self._in_memory:
-            ds = self.builder.as_dataset(split=split, shuffle_files=False,
-                                         read_config=tfds_read_config(None, True, shuffle_files=False))
-            ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
-            n = self.num_examples(split)
-            images = np.empty((n, *self.image_shape), np.uint8)
-            labels = None
+            labels = self.labels(split)
+            images = np.empty((len(labels), *self.image_shape), np.uint8)
             start = 0
-            for image_batch, label_batch in ds:
-                if labels is None:
-                    labels = np.empty((n, *label_batch.shape[1:]), label_batch.dtype.as_numpy_dtype)
-                end = start + int(image_batch.shape[0])
-                images[start:end], labels[start:end] = image_batch.numpy(), label_batch.numpy()
-                start = end
-            if start != n:
-                raise DataError(f"the {split} records hold {start} images where their metadata says {n}; "
+            records = self.builder.as_dataset(split=split, shuffle_files=False,
+                                              read_config=tfds_read_config(None, True, shuffle_files=False))
+            for batch in records.map(lambda ex: ex["image"], num_parallel_calls=tf.data.AUTOTUNE).batch(4096):
+                images[start:start + len(batch)] = batch.numpy()
+                start += len(batch)
+            if start != len(labels):
+                raise DataError(f"the {split} records hold {start} images where the npz has {len(labels)}; "
                                 f"delete {self.builder.data_dir} and run again to prepare them afresh")
             with tf.device("/CPU:0"):  # host memory, like tf.data's cache (not a GPU's)
                 self._in_memory[split] = (tf.constant(images), tf.constant(labels))

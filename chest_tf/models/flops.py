@@ -8,15 +8,15 @@ from keras import layers
 def estimate_flops(model: keras.Model) -> int:
     """Floating-point operations of one forward pass for ONE image, counted analytically from
     layer shapes: 2 x multiply-adds of Conv2D, Dense and attention (Q/K/V/output projections and
-    the two score matmuls, queries x keys). BatchNorm, activations, pooling and additions are not counted (well
-    under 1% for these architectures). Backend-agnostic (no profiler)."""
+    the two score matmuls, queries x keys). BatchNorm, activations, pooling and additions are not
+    counted (well under 1% for these architectures). Backend-agnostic (no profiler)."""
     total = 0
     for layer in model.layers:
         if isinstance(layer, layers.MultiHeadAttention):
             # Called as (query, value[, key]); queries may be fewer than keys (a ViT's last block
             # queries with its class token only).
             inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-            heads, q_len, k_len = layer.num_heads, inputs[0].shape[1], inputs[1 if len(inputs) > 1 else 0].shape[1]
+            heads, q_len, k_len = layer.num_heads, inputs[0].shape[1], inputs[-1].shape[1]
             q_kernel = layer.query_dense.kernel.shape  # (in, heads, key_dim)
             k_kernel = layer.key_dense.kernel.shape
             v_kernel = layer.value_dense.kernel.shape

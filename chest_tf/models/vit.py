@@ -153,8 +153,9 @@ def build_vit(
         full_last_block: with pool="cls", the head reads only the class token, so by default the
             last block computes only that token's output (its attention query, residual and MLP;
             all tokens remain keys and values): the same logits and gradients for 7-8% fewer
-            FLOPs (ViT-Tiny and ViT-Small at 28 and 64 px). True computes every token's output there too (for
-            features of the patch tokens after the last block). Ignored with pool="gap".
+            FLOPs (ViT-Tiny and ViT-Small at 28 and 64 px). True computes every token's output
+            there too (for features of the patch tokens after the last block). Ignored with
+            pool="gap".
     """
     input_shape = check_input_shape(input_shape)
     check_positive_int(num_classes, "num_classes")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from chest_tf.models import registry
-from chest_tf.models.flops import estimate_flops
+from chest_tf.models.flops import MatrixProduct, estimate_flops, matrix_products
 from chest_tf.models.layers import DropPath, ImageNetInput, PatchSplit, ShiftedImages
 from chest_tf.models.registry import ARCHS, arch_family, arch_overrides, build_model, last_conv_layer_name
 from chest_tf.models.resnet import build_resnet
@@ -343,6 +343,13 @@ def test_flop_count_of_a_known_model():
     model = keras.Model(inputs, keras.layers.Dense(7)(x))  # 64 x 4 x 7 MACs
     attention = 64 * (3 * 4 * 10) + 64 * 10 * 4 + 2 * 64 * 64 * (5 + 5)
     assert estimate_flops(model) == 2 * (64 * 27 * 4 + attention + 64 * 4 * 7)
+    attention_layer = model.layers[3].name
+    assert [(p.role, p.rows, p.inner, p.cols, p.count) for p in matrix_products(model)] == [
+        ("query", 64, 4, 10, 1), ("key", 64, 4, 10, 1), ("value", 64, 4, 10, 1),
+        ("scores", 64, 5, 64, 2), ("weighted values", 64, 64, 5, 2), ("output", 64, 10, 4, 1),
+        ("dense", 64, 4, 7, 1)]
+    assert matrix_products(model)[0].layer == attention_layer
+    assert MatrixProduct("x", "scores", 3, 4, 5, count=2).macs == 120
 
 
 @pytest.mark.slow

@@ -4,9 +4,9 @@ images/s a step made of nothing but its matrix products would reach on each.
 
     python pipelines/bench_matmul.py --arch vit_tiny --size 64 --peer ../peer-venv/bin/python
 
-Why: a ViT step on a CPU is ~80% matrix products, so the speed the backend multiplies at bounds
-the speed it trains at. If the product-only bound of XLA is not 1.3x torch's, no change to the
-rest of the step can make the whole step 1.3x the torch peer's (pipelines/bench_peers.py).
+Why: a ViT step on a CPU is ~80% matrix products, so the speed a backend multiplies at bounds
+the speed it trains at, and comparing the backends' figures says where a faster step must come
+from (pipelines/bench_peers.py times whole steps).
 
 For every distinct product of the forward pass (``chest_tf.models.flops.matrix_products``: Dense
 layers, attention projections and the per-head score and value products) at batch ``--batch``,
@@ -15,7 +15,7 @@ dC @ B^T (NT) and the second's A^T @ dC (TN). Each is the median of calls repeat
 ``--min-seconds``; ``--rounds`` rounds alternate the backends, and each cell is the median over
 rounds. The step total weighs every product by how often the model has it. Products are timed
 one at a time, as written (XLA may fuse or rewrite them inside a whole step; the attention core
-kernel rewrites the TN forms of attention into NN ones), so the bound is an estimate.
+kernel rewrites the TN forms of attention into NN ones), so the step figures are estimates (a whole XLA step may beat its own).
 """
 from __future__ import annotations
 

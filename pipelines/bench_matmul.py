@@ -129,15 +129,15 @@ def measure(products, backends: list[str], peer: str | None, rounds: int, min_se
     cells = [(shape, form) for shape, _ in products for form in FORMS]
     specs = [operand_shapes(shape, form) for shape, form in cells]
     samples = {(shape, form[0]): collections.defaultdict(list) for shape, form in cells}
+    tensorflow = [backend for backend in backends if backend != "torch"]
     for _ in range(rounds):
         # A TensorFlow call costs tens of microseconds before it multiplies (a whole compiled
         # step pays that once): take a 1 x 1 product's time off every product's.
-        overhead = {b: time_tensorflow([1, 1], [1, 1], False, False, b == "xla", min_seconds) for b in backends}
+        overhead = {b: time_tensorflow([1, 1], [1, 1], False, False, b == "xla", min_seconds) for b in tensorflow}
         for (shape, form), spec in zip(cells, specs):
-            for backend in backends:
-                if backend != "torch":
-                    seconds = time_tensorflow(*spec, backend == "xla", min_seconds) - overhead[backend]
-                    samples[shape, form[0]][backend].append(max(seconds, 1e-7))
+            for backend in tensorflow:
+                seconds = time_tensorflow(*spec, backend == "xla", min_seconds) - overhead[backend]
+                samples[shape, form[0]][backend].append(max(seconds, 1e-7))
         if peer:
             _, seconds = time_peer(peer, specs, min_seconds)
             for (shape, form), second in zip(cells, seconds):

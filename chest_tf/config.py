@@ -104,7 +104,7 @@ class TrainConfig:
     mixup: float = setting(0.0, "alpha of per-image Beta(alpha, alpha) mixup in the training step; 0 = off")
     precision: str = setting("auto", "auto: mixed precision on GPUs and on CPUs with native bfloat16 "
                              "(avx512_bf16/amx_bf16), float32 on other CPUs", choices=PRECISIONS)
-    jit: str = setting("auto", "XLA: auto (on for GPUs; on a CPU for ViTs in float32 only, as measured), on, off",
+    jit: str = setting("auto", "XLA: auto (on for GPUs, off on a CPU, as measured), on, off",
                        choices=JIT_MODES)
     strategy: str = setting("auto", "auto: mirrored with more than one GPU", choices=STRATEGIES)
     seed: int = setting(0, "random seed (weights, data order, augmentation)")

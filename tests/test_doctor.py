@@ -22,15 +22,13 @@ def test_doctor_reports_versions_settings_and_speed(tmp_path):
     assert all(p.params > 0 and p.gflops > 0 for p in probes)
     assert "| tensorflow | " in text and "| cpu | " in text and "| cpu_bfloat16 | " in text
     assert "computes bfloat16 natively" not in text  # said only where float32 was asked for there
-    assert "| kernels | fused_batchnorm_training; small_map_conv; self_attention_core |" in text  # a CPU: all
+    assert ("| kernels | fused_batchnorm_training; small_map_conv; self_attention_core; layer_norm_kernel; "
+            "gelu_kernel |") in text  # a CPU: all
     # on a CPU (measured; training/runtime.py): native bfloat16 -> mixed_bfloat16 without XLA for every
-    # family; otherwise float32, with XLA for ViTs and without it for CNNs
-    if cpu_description()[1]:
-        assert "`auto` resolves to: precision **mixed_bfloat16**, XLA **off**" in text
-        assert [p.jit_compile for p in probes] == [False, False]
-    else:
-        assert "`auto` resolves to: precision **float32**, XLA **off** for resnet18, **on** for vit_tiny" in text
-        assert [p.jit_compile for p in probes] == [False, True]
+    # family; otherwise float32 without XLA
+    precision = "mixed_bfloat16" if cpu_description()[1] else "float32"
+    assert f"`auto` resolves to: precision **{precision}**, XLA **off**" in text
+    assert [p.jit_compile for p in probes] == [False, False]
     assert "| resnet18 | " in text and "| vit_tiny | " in text
 
 
@@ -86,17 +84,19 @@ def test_cpu_description_names_the_model_and_its_native_bfloat16(tmp_path):
 
 def test_auto_trains_in_bfloat16_without_xla_on_a_cpu_that_computes_it(monkeypatch):
     """Measured (training/runtime.py, README "bfloat16 on a CPU"): with native bfloat16, every family
-    trains fastest in mixed_bfloat16 without XLA; without it, float32 with XLA for ViTs only."""
+    trains fastest in mixed_bfloat16 without XLA; without it, in float32 without XLA (the ViTs'
+    LayerNorm and GELU run as XLA-compiled kernels inside the graph)."""
     monkeypatch.setattr(runtime_lib, "cpu_description", lambda: ("Zen 4", ("avx512_bf16",)))
     for arch in ("resnet18", "densenet121", "vit_tiny"):
         resolved = resolve_runtime("auto", "auto", "none", arch)
         assert (resolved.precision, resolved.jit_compile) == ("mixed_bfloat16", False), arch
-    asked = resolve_runtime("float32", "auto", "none", "vit_tiny")  # float32 asked for: XLA as before
-    assert (asked.precision, asked.jit_compile) == ("float32", True)
+    asked = resolve_runtime("float32", "auto", "none", "vit_tiny")  # float32 asked for
+    assert (asked.precision, asked.jit_compile) == ("float32", False)
+    assert resolve_runtime("float32", "on", "none", "vit_tiny").jit_compile is True
     monkeypatch.setattr(runtime_lib, "cpu_description", lambda: ("Broadwell", ()))
     assert [(r.precision, r.jit_compile) for r in (resolve_runtime("auto", "auto", "none", a)
                                                   for a in ("resnet18", "vit_tiny"))] == [("float32", False),
-                                                                                         ("float32", True)]
+                                                                                         ("float32", False)]
     # where float32 was asked for on such a CPU, the doctor's report says what auto would do
     text = report({"cpu_bfloat16": ["avx512_bf16"]}, {"vit_tiny": asked}, [], 128, 28)
     assert "computes bfloat16 natively (avx512_bf16): `--precision auto` trains in mixed_bfloat16" in text

@@ -69,10 +69,62 @@ def register_attention_kernel(backend: str, kernel) -> None:
         _ATTENTION_KERNELS[backend] = kernel
 
 
+# backend name -> fn(inputs, gamma, beta, epsilon) -> outputs, or None to decline: LayerNorm over
+# the last axis (chest_tf.training.xla_elementwise for TensorFlow on a CPU); see LayerNormalization.
+_LAYER_NORM_KERNELS = {}
+# backend name -> fn(inputs) -> outputs, or None to decline: exact GELU; see ``gelu``.
+_GELU_KERNELS = {}
+
+
+def register_layer_norm_kernel(backend: str, kernel) -> None:
+    """Offer ``kernel(inputs, gamma, beta, epsilon)`` to every chest_tf LayerNormalization with
+    centre and scale over the last axis on ``backend`` (None removes)."""
+    _register(_LAYER_NORM_KERNELS, backend, kernel)
+
+
+def register_gelu_kernel(backend: str, kernel) -> None:
+    """Offer ``kernel(inputs)`` to chest_tf's ``gelu`` activation on ``backend`` (None removes)."""
+    _register(_GELU_KERNELS, backend, kernel)
+
+
+def _register(table: dict, backend: str, kernel) -> None:
+    if kernel is None:
+        table.pop(backend, None)
+    else:
+        table[backend] = kernel
+
+
 def registered_kernels(backend: str) -> list[str]:
     """Names of the kernels registered for ``backend`` (what the layers may run instead of Keras')."""
-    plugged = (_FUSED_BATCHNORM_TRAINING.get(backend), _CONV_KERNELS.get(backend), _ATTENTION_KERNELS.get(backend))
+    plugged = (_FUSED_BATCHNORM_TRAINING.get(backend), _CONV_KERNELS.get(backend), _ATTENTION_KERNELS.get(backend),
+               _LAYER_NORM_KERNELS.get(backend), _GELU_KERNELS.get(backend))
     return [kernel.__name__ for kernel in plugged if kernel is not None]
+
+
+@_serializable(package="chest_tf")
+def gelu(x):
+    """Exact GELU, x * Phi(x) (keras.activations.gelu with approximate=False), or the kernel
+    registered for the backend (``register_gelu_kernel``), which may decline with None."""
+    plugged = _GELU_KERNELS.get(keras.backend.backend())
+    output = plugged(x) if plugged is not None else None
+    return ops.gelu(x, approximate=False) if output is None else output
+
+
+@_serializable(package="chest_tf")
+class LayerNormalization(layers.LayerNormalization):
+    """keras.layers.LayerNormalization (same weights, arguments and outputs) that runs the kernel
+    registered for the backend (``register_layer_norm_kernel``) when it normalises over the last
+    axis with centre and scale; otherwise, or when the kernel declines, Keras' own."""
+
+    def call(self, inputs):
+        plugged = _LAYER_NORM_KERNELS.get(keras.backend.backend())
+        axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
+        if (plugged is not None and self.center and self.scale and not self.rms_scaling and len(axes) == 1
+                and axes[0] % len(inputs.shape) == len(inputs.shape) - 1):
+            output = plugged(inputs, self.gamma, self.beta, self.epsilon)
+            if output is not None:
+                return ops.cast(output, self.compute_dtype)
+        return super().call(inputs)
 
 
 # ----------------------------------------------------------------------------------------------

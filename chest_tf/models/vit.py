@@ -31,6 +31,7 @@ from keras import layers
 from chest_tf.models.layers import (
     ClassToken,
     DropPath,
+    LayerNormalization,
     LocalitySelfAttention,
     PatchSplit,
     PositionEmbedding,
@@ -41,6 +42,7 @@ from chest_tf.models.layers import (
     check_input_shape,
     check_positive_int,
     check_rate,
+    gelu,
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ def apply_patch_embedding(x, dim: int, patch_size: int, spt: bool):
     if spt:
         x = ShiftedImages(max(1, patch_size // 2), name="spt_shift")(x)
         x = PatchSplit(patch_size, name="spt_patches")(x)
-        x = layers.LayerNormalization(epsilon=LN_EPSILON, name="spt_norm")(x)
+        x = LayerNormalization(epsilon=LN_EPSILON, name="spt_norm")(x)
         return layers.Dense(dim, name="spt_projection")(x)
     x = layers.Conv2D(dim, patch_size, strides=patch_size, name="patch_embed_conv")(x)
     return layers.Reshape((x.shape[1] * x.shape[2], dim), name="patch_embed_tokens")(x)
@@ -86,7 +88,7 @@ def apply_patch_embedding(x, dim: int, patch_size: int, spt: bool):
 def apply_mlp(x, hidden_dim: int, dropout: float, name: str):
     """Dense(hidden, GELU) -> dropout -> Dense(back to width) -> dropout."""
     dim = x.shape[-1]
-    x = layers.Dense(hidden_dim, activation="gelu", name=f"{name}_dense1")(x)
+    x = layers.Dense(hidden_dim, activation=gelu, name=f"{name}_dense1")(x)
     x = layers.Dropout(dropout, name=f"{name}_dropout1")(x)
     x = layers.Dense(dim, name=f"{name}_dense2")(x)
     return layers.Dropout(dropout, name=f"{name}_dropout2")(x)
@@ -103,7 +105,7 @@ def apply_encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_d
     """
     dim = x.shape[-1]
     attention_cls = LocalitySelfAttention if lsa else SelfAttention
-    y = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln1")(x)
+    y = LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln1")(x)
     query = y
     if class_token_only:
         query = SelectToken(0, keepdims=True, name=f"{name}_query_token")(y)
@@ -112,7 +114,7 @@ def apply_encoder_block(x, heads: int, mlp_dim: int, dropout: float, attention_d
     y = layers.Dropout(dropout, name=f"{name}_attn_dropout")(y)
     y = DropPath(drop_path, name=f"{name}_drop_path1")(y)
     x = layers.Add(name=f"{name}_add1")([x, y])
-    y = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln2")(x)
+    y = LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln2")(x)
     y = apply_mlp(y, mlp_dim, dropout, name=f"{name}_mlp")
     y = DropPath(drop_path, name=f"{name}_drop_path2")(y)
     return layers.Add(name=f"{name}_add2")([x, y])
@@ -201,7 +203,7 @@ def build_vit(
             x, heads, mlp_dim, dropout, attention_dropout, rate, bool(lsa), f"encoder_block{i}",
             class_token_only,
         )
-    x = layers.LayerNormalization(epsilon=LN_EPSILON, name="encoder_norm")(x)
+    x = LayerNormalization(epsilon=LN_EPSILON, name="encoder_norm")(x)
     if pool == "cls":
         x = SelectToken(0, name="cls_pool", dtype="float32")(x)
     else:

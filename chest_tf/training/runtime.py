@@ -9,13 +9,15 @@ import tensorflow as tf
 
 from chest_tf.models.registry import arch_family
 
-# Families trained with XLA on a CPU in float32 under jit="auto". Measured on 2 cores, batch 128, float32,
-# 28 px with `python -m chest_tf.doctor --batch-size 128 --jit off|on` (README, "Speed beside
-# PyTorch"): XLA speeds the ViTs' train step up (vit_tiny 77.7 -> 84.1 img/s, vit_small
-# 24.1 -> 29.6: it fuses LayerNorm, GELU, softmax and the optimizer's element-wise ops, which
-# run one Eigen kernel each without it) and slows the CNNs down (densenet121 37.6 -> 14.7;
-# resnet18 86.6 -> 58.7 with pipelines/bench_train.py: XLA's CPU convolutions are not oneDNN's).
-CPU_XLA_FAMILIES = frozenset({"vit"})
+# Families trained with XLA on a CPU in float32 under jit="auto": none at present. XLA's CPU
+# convolutions are slower than oneDNN's (densenet121 37.6 -> 14.7 img/s, resnet18 86.6 -> 58.7 with
+# XLA, 2 cores, batch 128, 28 px), and the ViTs, which XLA used to speed up by fusing LayerNorm and
+# GELU, now train faster without it: those two run as XLA-compiled kernels inside the graph
+# (training/xla_elementwise.py) and oneDNN keeps the matrix products, which it runs ~1.25x faster
+# than XLA:CPU (pipelines/bench_matmul.py). One process alternating XLA on and off with the kernels,
+# 2 Zen 4 cores, batch 128, float32, random tensors, medians of 4-6 rounds (README, "Speed beside
+# PyTorch"): vit_tiny 28 px 85.6 -> 89.5 img/s, 64 px 64.4 -> 71.7; vit_small 28 px 26.5 -> 29.1.
+CPU_XLA_FAMILIES = frozenset()
 # CPU instructions that compute bfloat16 natively (Linux /proc/cpuinfo flag names). With one, auto
 # trains in mixed_bfloat16 without XLA: on 2 Zen 4 cores (avx512_bf16, no AMX), batch 128, 28 px,
 # resnet18 1.3-1.4x, densenet121 1.5-1.6x, vit_tiny 1.4x the float32 step (python -m chest_tf.doctor;
@@ -59,8 +61,8 @@ def _gpu_compute_capability(gpu) -> tuple[int, int]:
 def resolve_runtime(precision: str, jit: str, strategy: str, arch: str | None = None) -> Runtime:
     """auto: mixed precision and XLA on a GPU (bfloat16 from Ampere on, float16 with loss scaling
     before). On a CPU: mixed_bfloat16 without XLA where the CPU computes bfloat16 natively
-    (``cpu_description``), else float32 with XLA for the families in ``CPU_XLA_FAMILIES`` (``arch``
-    given) and without it otherwise. MirroredStrategy with more than one GPU."""
+    (``cpu_description``), else float32, with XLA only for the families in ``CPU_XLA_FAMILIES``
+    (``arch`` given; none at present). MirroredStrategy with more than one GPU."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         capability = _gpu_compute_capability(gpus[0])

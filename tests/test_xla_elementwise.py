@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from chest_tf.models.layers import LayerNormalization, gelu, registered_kernels
+from chest_tf.models.layers import GELU, LayerNormalization, registered_kernels
 from chest_tf.models.registry import build_model
 from chest_tf.training import xla_elementwise
 
@@ -44,10 +44,10 @@ def test_the_kernels_match_keras_and_their_gradients(installed, compiled):
     norm.build(x.shape)
     norm.gamma.assign(rng.uniform(0.5, 1.5, 48).astype("float32"))
     norm.beta.assign(rng.normal(size=48).astype("float32"))
-    cases = [(norm, norm.trainable_weights), (gelu, [])]
-    plugged = [_outputs_and_gradients(f, w, x, compiled) for f, w in cases]
+    cases = [(norm, norm.trainable_weights), (GELU(), [])]
+    plugged = [_outputs_and_gradients(lambda x, f=f: f(x, training=True), w, x, compiled) for f, w in cases]
     xla_elementwise.uninstall()
-    reference = [_outputs_and_gradients(f, w, x, compiled) for f, w in cases]
+    reference = [_outputs_and_gradients(lambda x, f=f: f(x, training=True), w, x, compiled) for f, w in cases]
     for ours, keras_path in zip(plugged, reference):
         for a, b in zip(ours, keras_path):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
@@ -61,22 +61,27 @@ def test_the_kernels_run_only_where_they_apply(installed, monkeypatch):
         monkeypatch.setattr(xla_elementwise, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
     xla_elementwise.install()  # register the wrapped kernels
     x = tf.random.stateless_normal((2, 5, 8), seed=[0, 1])
-    LayerNormalization()(x)
-    gelu(x)
+    norm, activation = LayerNormalization(), GELU()
+    norm(x, training=True)
+    activation(x, training=True)
     assert calls == ["layer_norm_kernel", "gelu_kernel"]
     calls.clear()
-    LayerNormalization(axis=1)(x)  # not the last axis: Keras'
-    LayerNormalization(center=False)(x)  # no beta: Keras'
+    # inference runs Keras' ops, bit for bit, whatever is installed
+    for training in (False, None):
+        assert np.array_equal(norm(x, training=training), keras.layers.LayerNormalization()(x))
+        assert np.array_equal(activation(x, training=training), keras.ops.gelu(x, approximate=False))
+    LayerNormalization(axis=1)(x, training=True)  # not the last axis: Keras'
+    LayerNormalization(center=False)(x, training=True)  # no beta: Keras'
     assert calls == []
     # bfloat16 inputs: offered, declined, and Keras' result
-    assert xla_elementwise.gelu_kernel(tf.cast(x, tf.bfloat16)) is None
     half = tf.cast(x, tf.bfloat16)
-    np.testing.assert_allclose(tf.cast(gelu(half), tf.float32).numpy(),
+    assert xla_elementwise.gelu_kernel(half) is None
+    np.testing.assert_allclose(tf.cast(GELU(dtype="bfloat16")(half, training=True), tf.float32).numpy(),
                                tf.cast(keras.ops.gelu(half, approximate=False), tf.float32).numpy())
 
 
 def test_a_vit_trains_the_same_with_the_kernels(installed):
-    """The ViT uses chest_tf's LayerNormalization and gelu: one step with and without the kernels
+    """The ViT uses chest_tf's LayerNormalization and GELU: one step with and without the kernels
     from the same weights gives the same loss and weights (graph mode, XLA off)."""
     x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
     y = (np.random.default_rng(1).uniform(size=(4, 14)) > 0.8).astype("float32")

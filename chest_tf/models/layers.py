@@ -72,7 +72,7 @@ def register_attention_kernel(backend: str, kernel) -> None:
 # backend name -> fn(inputs, gamma, beta, epsilon) -> outputs, or None to decline: LayerNorm over
 # the last axis (chest_tf.training.xla_elementwise for TensorFlow on a CPU); see LayerNormalization.
 _LAYER_NORM_KERNELS = {}
-# backend name -> fn(inputs) -> outputs, or None to decline: exact GELU; see ``gelu``.
+# backend name -> fn(inputs) -> outputs, or None to decline: exact GELU; see GELU.
 _GELU_KERNELS = {}
 
 
@@ -83,7 +83,7 @@ def register_layer_norm_kernel(backend: str, kernel) -> None:
 
 
 def register_gelu_kernel(backend: str, kernel) -> None:
-    """Offer ``kernel(inputs)`` to chest_tf's ``gelu`` activation on ``backend`` (None removes)."""
+    """Offer ``kernel(inputs)`` to every chest_tf GELU on ``backend`` (None removes)."""
     _register(_GELU_KERNELS, backend, kernel)
 
 
@@ -102,22 +102,30 @@ def registered_kernels(backend: str) -> list[str]:
 
 
 @_serializable(package="chest_tf")
-def gelu(x):
-    """Exact GELU, x * Phi(x) (keras.activations.gelu with approximate=False), or the kernel
-    registered for the backend (``register_gelu_kernel``), which may decline with None."""
-    plugged = _GELU_KERNELS.get(keras.backend.backend())
-    output = plugged(x) if plugged is not None else None
-    return ops.gelu(x, approximate=False) if output is None else output
+class GELU(layers.Layer):
+    """Exact GELU, x * Phi(x) (``keras.activations.gelu`` with approximate=False). In training
+    steps the kernel registered for the backend (``register_gelu_kernel``) runs it, unless it
+    declines with None; inference always runs Keras' op, so predictions do not depend on which
+    kernels a process has installed."""
+
+    def call(self, inputs, training=None):
+        plugged = _GELU_KERNELS.get(keras.backend.backend()) if training else None
+        output = plugged(inputs) if plugged is not None else None
+        return ops.gelu(inputs, approximate=False) if output is None else output
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 @_serializable(package="chest_tf")
 class LayerNormalization(layers.LayerNormalization):
-    """keras.layers.LayerNormalization (same weights, arguments and outputs) that runs the kernel
-    registered for the backend (``register_layer_norm_kernel``) when it normalises over the last
-    axis with centre and scale; otherwise, or when the kernel declines, Keras' own."""
+    """keras.layers.LayerNormalization (same weights, arguments and outputs). In training steps,
+    when it normalises over the last axis with centre and scale, the kernel registered for the
+    backend (``register_layer_norm_kernel``) runs it unless it declines; otherwise, and always at
+    inference (predictions independent of the installed kernels), Keras' own."""
 
-    def call(self, inputs):
-        plugged = _LAYER_NORM_KERNELS.get(keras.backend.backend())
+    def call(self, inputs, training=None):
+        plugged = _LAYER_NORM_KERNELS.get(keras.backend.backend()) if training else None
         axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
         if (plugged is not None and self.center and self.scale and not self.rms_scaling and len(axes) == 1
                 and axes[0] % len(inputs.shape) == len(inputs.shape) - 1):

@@ -30,6 +30,7 @@ from keras import layers
 
 from chest_tf.models.layers import (
     ClassToken,
+    GELU,
     DropPath,
     LayerNormalization,
     LocalitySelfAttention,
@@ -42,7 +43,6 @@ from chest_tf.models.layers import (
     check_input_shape,
     check_positive_int,
     check_rate,
-    gelu,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def apply_patch_embedding(x, dim: int, patch_size: int, spt: bool):
 def apply_mlp(x, hidden_dim: int, dropout: float, name: str):
     """Dense(hidden, GELU) -> dropout -> Dense(back to width) -> dropout."""
     dim = x.shape[-1]
-    x = layers.Dense(hidden_dim, activation=gelu, name=f"{name}_dense1")(x)
+    x = layers.Dense(hidden_dim, name=f"{name}_dense1")(x)
+    x = GELU(name=f"{name}_gelu")(x)
     x = layers.Dropout(dropout, name=f"{name}_dropout1")(x)
     x = layers.Dense(dim, name=f"{name}_dense2")(x)
     return layers.Dropout(dropout, name=f"{name}_dropout2")(x)

@@ -1,6 +1,7 @@
 """LayerNorm and exact GELU, forward and backward, as XLA-compiled kernels inside a TensorFlow
-graph that otherwise runs without XLA, plugged into chest_tf's LayerNormalization and ``gelu`` for
-TensorFlow on a CPU.
+graph that otherwise runs without XLA, plugged into the training steps of chest_tf's
+LayerNormalization and GELU layers for TensorFlow on a CPU (inference keeps Keras' ops, so a
+model predicts the same bits in any process).
 
 Why: on a CPU a ViT step is ~80% matrix products, and oneDNN (TensorFlow without XLA) multiplies
 the ViT's shapes ~1.25x faster than XLA:CPU (``python pipelines/bench_matmul.py``: 186 against 148

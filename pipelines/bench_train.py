@@ -2,10 +2,14 @@
 
     python pipelines/bench_train.py --arch resnet18 --size 28 --batch 128 --steps 30 --jit off --batchnorm both
     python pipelines/bench_train.py --arch resnet18 --size 64 --batch 128 --steps 30 --jit off --small-map-conv both
+    python pipelines/bench_train.py --arch vit_tiny --size 64 --steps 8 --jit both --elementwise both --rounds 4
 
 Prints images/s for the real path (phantom records through the pipeline, augmentation on) and for
 the same fit fed one cached batch over and over; the gap is the share of step time spent waiting
-for input. Run the PyTorch peer in the same session and compare ratios (the machine is shared):
+for input. Each variant (every combination of the --jit, --batchnorm, --small-map-conv and
+--elementwise choices) is built and compiled first, then timed in turn for --rounds rounds, and
+the median of its rounds is printed: variants compared in one process, alternating, see the same
+machine load. Run the PyTorch peer in the same session and compare ratios (the machine is shared):
 
     peer-venv/bin/python ../shared/tools/peer_torch.py --arch resnet18 --size 28 --batch 128 --steps 20
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import sys
 import tempfile
 
@@ -28,7 +33,7 @@ from chest_tf import augment as augment_lib  # noqa: E402
 from chest_tf.config import parse_model_args  # noqa: E402
 from chest_tf.data.pipeline import load_dataset  # noqa: E402
 from chest_tf.models.registry import build_model  # noqa: E402
-from chest_tf.training import fused_batchnorm, small_map_conv  # noqa: E402
+from chest_tf.training import fused_batchnorm, small_map_conv, xla_elementwise  # noqa: E402
 from chest_tf.training.speed import StepTimer  # noqa: E402
 
 
@@ -36,6 +41,10 @@ def images_per_second(model, dataset, steps: int, warmup: int, batch: int) -> fl
     timer = StepTimer(warmup, max_seconds=None)
     model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
     return timer.steps * batch / timer.seconds()
+
+
+def both_or(choice: str, both: list[str]) -> list[str]:
+    return both if choice == "both" else [choice]
 
 
 def make_model(args, handle, jit: bool):
@@ -61,6 +70,10 @@ def main() -> int:
     parser.add_argument("--small-map-conv", choices=["dense", "keras", "both"], default="dense",
                         help="convolutions on <= 2x2 maps: one matrix product (what chest_tf.train uses on a CPU)"
                              " or Keras' convolution")
+    parser.add_argument("--elementwise", choices=["xla", "keras", "both"], default="xla",
+                        help="a ViT's LayerNorm and GELU in training steps: XLA-compiled kernels (what chest_tf.train"
+                             " uses on a CPU) or Keras' ops")
+    parser.add_argument("--rounds", type=int, default=1, help="timed rounds per variant, alternating variants")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "chest_tf_bench"))
     parser.add_argument("--model-arg", action="append", default=[], help="KEY=VALUE builder override, e.g. width=32")
     args = parser.parse_args()
@@ -72,22 +85,31 @@ def main() -> int:
     constant = real.take(1).cache().repeat()
     print(f"{args.arch} {args.model_arg or ''} size={args.size} batch={args.batch} augment={args.augment} "
           f"float32 threads={tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count()}")
-    batchnorms = ["fused", "keras"] if args.batchnorm == "both" else [args.batchnorm]
-    convs = ["dense", "keras"] if args.small_map_conv == "both" else [args.small_map_conv]
-    for batchnorm, conv in itertools.product(batchnorms, convs):
-        for kernel, wanted in ((fused_batchnorm, batchnorm == "fused"), (small_map_conv, conv == "dense")):
+    variants = {}
+    for batchnorm, conv, elementwise, jit in itertools.product(
+            both_or(args.batchnorm, ["fused", "keras"]), both_or(args.small_map_conv, ["dense", "keras"]),
+            both_or(args.elementwise, ["xla", "keras"]), both_or(args.jit, ["on", "off"])):
+        # The kernels are consulted when a step is traced: set them, build, and trace with a warm-up fit.
+        for kernel, wanted in ((fused_batchnorm, batchnorm == "fused"), (small_map_conv, conv == "dense"),
+                               (xla_elementwise, elementwise == "xla")):
             if wanted:
                 kernel.install()
             else:
                 kernel.uninstall()
-        for jit in ([True, False] if args.jit == "both" else [args.jit == "on"]):
-            model = make_model(args, handle, jit)
-            through_pipeline = images_per_second(model, real, args.steps, args.warmup, args.batch)
-            one_batch = images_per_second(model, constant, args.steps, args.warmup, args.batch)
-            waiting = max(0.0, 1.0 - through_pipeline / one_batch)
-            print(f"  BatchNorm {batchnorm:5s} small-map conv {conv:5s} XLA {'on ' if jit else 'off'}:"
-                  f" {through_pipeline:7.1f} img/s end to end | {one_batch:7.1f} img/s on one cached batch"
-                  f" | input wait {waiting:.0%} of step time | model.jit_compile={model.jit_compile}")
+        model = make_model(args, handle, jit == "on")
+        model.fit(constant, epochs=1, steps_per_epoch=1, verbose=0)
+        name = f"BatchNorm {batchnorm:5s} small-map conv {conv:5s} LN/GELU {elementwise:5s} XLA {jit:3s}"
+        variants[name] = (model, [], [])
+    for _ in range(args.rounds):
+        for model, through_pipeline, one_batch in variants.values():
+            through_pipeline.append(images_per_second(model, real, args.steps, args.warmup, args.batch))
+            one_batch.append(images_per_second(model, constant, args.steps, args.warmup, args.batch))
+    for name, (model, through_pipeline, one_batch) in variants.items():
+        pipeline_median, one_batch_median = statistics.median(through_pipeline), statistics.median(one_batch)
+        waiting = max(0.0, 1.0 - pipeline_median / one_batch_median)
+        print(f"  {name}: {pipeline_median:7.1f} img/s end to end | {one_batch_median:7.1f} img/s on one cached"
+              f" batch | input wait {waiting:.0%} of step time | medians of {args.rounds} round(s)"
+              f" | model.jit_compile={model.jit_compile}", flush=True)
     return 0
 
 

@@ -23,8 +23,10 @@ import os
 import statistics
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

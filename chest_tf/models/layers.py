@@ -26,6 +26,14 @@ MIN_SIZE_FOR_STEM = {"small": 8, "imagenet": 32}
 
 _serializable = keras.saving.register_keras_serializable
 
+def _register(table: dict, backend: str, kernel) -> None:
+    """Put ``kernel`` in ``table`` under ``backend``, or remove the backend's entry (None)."""
+    if kernel is None:
+        table.pop(backend, None)
+    else:
+        table[backend] = kernel
+
+
 # backend name -> fn(layer, inputs) -> outputs: a fused training-mode BatchNorm kernel that a
 # backend-specific entry point (chest_tf.fused_batchnorm for TensorFlow) plugs in; see BatchNorm.
 _FUSED_BATCHNORM_TRAINING = {}
@@ -33,10 +41,7 @@ _FUSED_BATCHNORM_TRAINING = {}
 
 def register_fused_batchnorm(backend: str, kernel) -> None:
     """Use ``kernel(layer, inputs)`` for BatchNorm in training mode on ``backend`` (None removes)."""
-    if kernel is None:
-        _FUSED_BATCHNORM_TRAINING.pop(backend, None)
-    else:
-        _FUSED_BATCHNORM_TRAINING[backend] = kernel
+    _register(_FUSED_BATCHNORM_TRAINING, backend, kernel)
 
 
 # backend name -> fn(layer, inputs, kernel) -> outputs, or None to decline: a convolution kernel for
@@ -48,10 +53,7 @@ _CONV_KERNELS = {}
 def register_conv_kernel(backend: str, kernel) -> None:
     """Offer ``kernel(layer, inputs, kernel_weights)`` to every chest_tf Conv2D on ``backend``
     (None removes). The kernel returns None for the shapes it does not handle."""
-    if kernel is None:
-        _CONV_KERNELS.pop(backend, None)
-    else:
-        _CONV_KERNELS[backend] = kernel
+    _register(_CONV_KERNELS, backend, kernel)
 
 
 # backend name -> fn(layer, query, key, value, training) -> outputs, or None to decline: a
@@ -63,10 +65,7 @@ def register_attention_kernel(backend: str, kernel) -> None:
     """Offer ``kernel(layer, query, key, value, training)`` to every chest_tf SelfAttention on
     ``backend`` for its unmasked attention without scores (None removes). The kernel returns
     None for what it does not handle."""
-    if kernel is None:
-        _ATTENTION_KERNELS.pop(backend, None)
-    else:
-        _ATTENTION_KERNELS[backend] = kernel
+    _register(_ATTENTION_KERNELS, backend, kernel)
 
 
 # backend name -> fn(inputs, gamma, beta, epsilon) -> outputs, or None to decline: LayerNorm over
@@ -85,13 +84,6 @@ def register_layer_norm_kernel(backend: str, kernel) -> None:
 def register_gelu_kernel(backend: str, kernel) -> None:
     """Offer ``kernel(inputs)`` to every chest_tf GELU on ``backend`` (None removes)."""
     _register(_GELU_KERNELS, backend, kernel)
-
-
-def _register(table: dict, backend: str, kernel) -> None:
-    if kernel is None:
-        table.pop(backend, None)
-    else:
-        table[backend] = kernel
 
 
 def registered_kernels(backend: str) -> list[str]:

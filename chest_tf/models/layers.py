@@ -26,6 +26,7 @@ MIN_SIZE_FOR_STEM = {"small": 8, "imagenet": 32}
 
 _serializable = keras.saving.register_keras_serializable
 
+
 def _register(table: dict, backend: str, kernel) -> None:
     """Put ``kernel`` in ``table`` under ``backend``, or remove the backend's entry (None)."""
     if kernel is None:

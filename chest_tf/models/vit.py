@@ -29,8 +29,8 @@ import keras
 from keras import layers
 
 from chest_tf.models.layers import (
-    ClassToken,
     GELU,
+    ClassToken,
     DropPath,
     LayerNormalization,
     LocalitySelfAttention,

@@ -12,11 +12,14 @@ from chest_tf.models.registry import arch_family
 # Families trained with XLA on a CPU in float32 under jit="auto": none at present. XLA's CPU
 # convolutions are slower than oneDNN's (densenet121 37.6 -> 14.7 img/s, resnet18 86.6 -> 58.7 with
 # XLA, 2 cores, batch 128, 28 px), and the ViTs, which XLA used to speed up by fusing LayerNorm and
-# GELU, now train faster without it: those two run as XLA-compiled kernels inside the graph
+# GELU, now keep that fusion without it: those two run as XLA-compiled kernels inside the graph
 # (training/xla_elementwise.py) and oneDNN keeps the matrix products, which it runs ~1.25x faster
-# than XLA:CPU (pipelines/bench_matmul.py). One process alternating XLA on and off with the kernels,
-# 2 Zen 4 cores, batch 128, float32, random tensors, medians of 4-6 rounds (README, "Speed beside
-# PyTorch"): vit_tiny 28 px 85.6 -> 89.5 img/s, 64 px 64.4 -> 71.7; vit_small 28 px 26.5 -> 29.1.
+# than XLA:CPU (pipelines/bench_matmul.py). Against the torch peer (pipelines/bench_peers.py, 2 Zen 4
+# cores, 2026-12-06) vit_tiny went 1.44x / 1.22x (28 / 64 px, XLA) -> 1.51x / 1.47x (without XLA,
+# with the kernels), vit_small 1.32x / 1.54x -> 1.50x / 1.64x. The step alone is faster without XLA
+# (`pipelines/bench_train.py --arch vit_tiny --size 64 --jit both --elementwise both --rounds 3`: 57.7
+# against 53.2 img/s on one cached batch), but end to end it waits more for input (53.7 against 56.5
+# in that run); README, "What passed it".
 CPU_XLA_FAMILIES = frozenset()
 # CPU instructions that compute bfloat16 natively (Linux /proc/cpuinfo flag names). With one, auto
 # trains in mixed_bfloat16 without XLA: on 2 Zen 4 cores (avx512_bf16, no AMX), batch 128, 28 px,
